@@ -1,0 +1,58 @@
+"""Address helpers.  Addresses are bytes; the ``@`` that counts is always the last one."""
+from __future__ import annotations
+
+_ATOM = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                  b".!#$%&'*+-/=?^_`{|}~")
+
+
+def split(address: bytes) -> tuple[bytes, bytes | None]:
+    """Split at the last ``@``: (local, domain); domain None when there is no ``@``."""
+    i = address.rfind(b"@")
+    if i == -1:
+        return address, None
+    return address[:i], address[i + 1:]
+
+
+def domain_of(address: bytes) -> bytes:
+    """The text after the last ``@`` (empty if none)."""
+    i = address.rfind(b"@")
+    return b"" if i == -1 else address[i + 1:]
+
+
+def needs_quote(local: bytes) -> bool:
+    """True if an RFC 821 local part must be quoted (protocols.md §4)."""
+    if not local or local.startswith(b".") or local.endswith(b".") or b".." in local:
+        return True
+    return any(ch not in _ATOM for ch in local)
+
+
+def quote_local(local: bytes) -> bytes:
+    """Quote a local part when needed: ``"…"`` with ``\\`` before CR, LF, ``"`` and ``\\``."""
+    if not needs_quote(local):
+        return local
+    out = bytearray(b'"')
+    for ch in local:
+        if ch in b'\r\n"\\':
+            out += b"\\"
+        out.append(ch)
+    out += b'"'
+    return bytes(out)
+
+
+def quote(address: bytes) -> bytes:
+    """Quote the local part of an address if needed; the domain is passed as is."""
+    local, domain = split(address)
+    if domain is None:
+        return quote_local(local)
+    return quote_local(local) + b"@" + domain
+
+
+def safe_log(text: bytes) -> bytes:
+    """qmail-send's logsafe: ``\\n`` → ``/``; bytes < 33, > 126 or ``%`` → ``_``."""
+    out = bytearray(text)
+    for i, ch in enumerate(out):
+        if ch == 10:
+            out[i] = 0x2F
+        elif ch < 33 or ch > 126 or ch == 0x25:
+            out[i] = 0x5F
+    return bytes(out)

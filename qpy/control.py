@@ -1,0 +1,139 @@
+"""Control files: QMAILHOME/control/<name>, read as qmail's control.c does.
+
+A missing file means the default; any other error is a ControlError (a
+temporary failure).  Trailing spaces, tabs and newlines are stripped from every
+line.  Values are bytes: control files hold host names and addresses.
+"""
+from __future__ import annotations
+
+import os
+
+from qpy import auto
+from qpy.errors import ControlError
+
+_STRIP = b" \t\r\n"
+
+# Built-in defaults of the int files; control/ in the source tree restates them.
+DEFAULTS: dict[str, int] = {
+    "concurrencylocal": 10,
+    "concurrencyremote": 20,
+    "queuelifetime": 604800,
+    "databytes": 0,
+    "timeoutsmtpd": 1200,
+    "timeoutremote": 1200,
+    "timeoutconnect": 60,
+}
+
+
+def control_path(name: str) -> str:
+    """Return the path of control file ``name``."""
+    return auto.path("control", name)
+
+
+def read_bytes(name: str) -> bytes | None:
+    """Return the whole file, or None if it does not exist."""
+    try:
+        with open(control_path(name), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ControlError(f"Unable to read control/{name}: {e.strerror}. (#4.3.0)") from e
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Split into lines, each with trailing blanks removed."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [line.rstrip(_STRIP) for line in lines]
+
+
+def read_line(name: str, default: bytes | None = None) -> bytes | None:
+    """Return the first line of a line file, or ``default`` if missing."""
+    data = read_bytes(name)
+    if data is None:
+        return default
+    lines = _lines(data)
+    return lines[0] if lines else b""
+
+
+def read_int(name: str, default: int | None = None) -> int:
+    """Return the first line parsed as unsigned decimal; default if missing or not numeric.
+
+    Without ``default`` the built-in default from DEFAULTS applies.
+    """
+    if default is None:
+        default = DEFAULTS[name]
+    line = read_line(name)
+    if line is None:
+        return default
+    digits = b""
+    for ch in line:
+        if 48 <= ch <= 57:
+            digits += bytes([ch])
+        else:
+            break
+    return int(digits) if digits else default
+
+
+def read_list(name: str, default: list[bytes] | None = None) -> list[bytes] | None:
+    """Return the non-empty, non-comment lines, or ``default`` if missing."""
+    data = read_bytes(name)
+    if data is None:
+        return default
+    return [line for line in _lines(data) if line and not line.startswith(b"#")]
+
+
+def me() -> bytes | None:
+    """Return control/me's first line, or None."""
+    return read_line("me")
+
+
+def read_line_me(name: str, literal: bytes | None = None) -> bytes | None:
+    """A "default me" line file: file, else control/me, else ``literal``."""
+    value = read_line(name)
+    if value is not None:
+        return value
+    value = me()
+    return value if value is not None else literal
+
+
+def exists(name: str) -> bool:
+    """True if control/<name> exists."""
+    return os.path.exists(control_path(name))
+
+
+class DomainSet:
+    """A case-insensitive set of domains with qmail's suffix matching (constmap)."""
+
+    def __init__(self, entries: list[bytes]) -> None:
+        self.entries = {e.lower() for e in entries}
+
+    def __contains__(self, domain: bytes) -> bool:
+        return domain.lower() in self.entries
+
+    def matches_suffix(self, domain: bytes) -> bool:
+        """True if the domain, or a suffix starting at a '.', is listed."""
+        d = domain.lower()
+        if d in self.entries:
+            return True
+        i = d.find(b".")
+        while i != -1:
+            if d[i:] in self.entries:
+                return True
+            i = d.find(b".", i + 1)
+        return False
+
+
+def read_map(name: str) -> dict[bytes, bytes] | None:
+    """Read a ``key:value`` list file into a dict with lowercased keys; last wins."""
+    lines = read_list(name)
+    if lines is None:
+        return None
+    table: dict[bytes, bytes] = {}
+    for line in lines:
+        key, sep, value = line.partition(b":")
+        if sep:
+            table[key.lower()] = value
+    return table

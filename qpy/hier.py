@@ -1,0 +1,179 @@
+"""The instance layout as data (qmail's hier.c): directories, files, owners, modes.
+
+Used by ``qpy init`` to build an instance, by tests to check one, and by the
+layout test to keep bin/, console_scripts and qpy/programs/ in step.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass
+
+from qpy import auto, control, prot
+
+# Owner "root" is the invoking user in single-user mode, as every other account is.
+ROOT = auto.ROOT
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory or file of an instance."""
+
+    path: str
+    kind: str       # "d" directory, "z" zero-filled file of `size` bytes, "p" FIFO
+    owner: str
+    group: str      # "qmail", or "" for the owner's own primary group
+    mode: int
+    size: int = 0
+
+
+def _split(path: str, owner: str, mode: int) -> list[Entry]:
+    entries = [Entry(path, "d", owner, auto.GROUP_QMAIL, mode)]
+    entries += [Entry(f"{path}/{n}", "d", owner, auto.GROUP_QMAIL, mode) for n in range(auto.SPLIT)]
+    return entries
+
+
+Q = auto.GROUP_QMAIL
+DIRS: list[Entry] = [
+    Entry("", "d", ROOT, Q, 0o755),
+    Entry("control", "d", ROOT, Q, 0o755),
+    Entry("users", "d", ROOT, Q, 0o755),
+    Entry("bin", "d", ROOT, Q, 0o755),
+    Entry("alias", "d", auto.ALIAS, Q, 0o2755),
+    Entry("queue", "d", auto.QMAILQ, Q, 0o750),
+    Entry("queue/pid", "d", auto.QMAILQ, Q, 0o700),
+    Entry("queue/intd", "d", auto.QMAILQ, Q, 0o700),
+    Entry("queue/todo", "d", auto.QMAILQ, Q, 0o750),
+    Entry("queue/bounce", "d", auto.QMAILS, Q, 0o700),
+    *_split("queue/mess", auto.QMAILQ, 0o750),
+    *_split("queue/info", auto.QMAILS, 0o700),
+    *_split("queue/local", auto.QMAILS, 0o700),
+    *_split("queue/remote", auto.QMAILS, 0o700),
+    Entry("queue/lock", "d", auto.QMAILQ, Q, 0o750),
+    Entry("queue/lock/tcpto", "z", auto.QMAILR, Q, 0o644, 1024),
+    Entry("queue/lock/sendmutex", "z", auto.QMAILS, Q, 0o600, 0),
+    Entry("queue/lock/trigger", "p", auto.QMAILS, Q, 0o622),
+]
+
+# Every program: bin/<name> ↔ qpy/programs/<module>.py ↔ one console_scripts line.
+# The second field is the account it runs as (documentation and install ownership).
+PROGRAMS: dict[str, str] = {
+    "qpy": "admin",
+    "qmail-queue": auto.QMAILQ,
+    "qmail-newu": ROOT,
+    "qmail-newmrh": ROOT,
+    "qmail-qstat": ROOT,
+}
+
+CONTROL_FROM_ME = ("me", "locals", "rcpthosts")
+
+
+def module_name(program: str) -> str:
+    """qmail-foo → qmail_foo."""
+    return program.replace("-", "_")
+
+
+def control_defaults(me: bytes) -> dict[str, bytes]:
+    """The control files of a new instance: me-derived ones plus the int defaults."""
+    files = {name: me + b"\n" for name in CONTROL_FROM_ME}
+    files.update({name: b"%d\n" % value for name, value in control.DEFAULTS.items()})
+    return files
+
+
+def shim(program: str, python: str | None = None) -> str:
+    """The text of bin/<program> in an instance."""
+    return (f"#!{python or sys.executable} -I\n"
+            f"import sys\nfrom qpy.programs.{module_name(program)} import main\n"
+            f"sys.exit(main(sys.argv[1:]))\n")
+
+
+class Owners:
+    """Resolves account names to uid/gid for one mode."""
+
+    def __init__(self, priv: bool) -> None:
+        self.priv = priv
+
+    def ids(self, owner: str, group: str) -> tuple[int, int]:
+        """Return (uid, gid) for an entry's owner and group."""
+        if not self.priv:
+            return os.getuid(), os.getgid()
+        acct = prot.lookup_user(owner)
+        if acct is None:
+            raise prot.TempFail(f"account {owner} does not exist")
+        gid = prot.lookup_group(group) if group else acct.gid
+        return acct.uid, gid if gid is not None else acct.gid
+
+
+def _make(full: str, entry: Entry) -> None:
+    """Create one entry if it is missing."""
+    if entry.kind == "d":
+        os.makedirs(full, exist_ok=True)
+    elif entry.kind == "p":
+        if not os.path.exists(full):
+            os.mkfifo(full)
+    elif not os.path.exists(full):
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0" * entry.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def install(home: str, me: bytes, priv: bool) -> None:
+    """Create or repair an instance at ``home``.  Existing control files are kept."""
+    owners = Owners(priv)
+    for entry in DIRS:
+        full = os.path.join(home, entry.path) if entry.path else home
+        _make(full, entry)
+        uid, gid = owners.ids(entry.owner, entry.group)
+        if priv:
+            os.chown(full, uid, gid)
+        os.chmod(full, entry.mode)
+    uid, gid = owners.ids(ROOT, auto.GROUP_QMAIL)
+    for name, data in control_defaults(me).items():
+        _write_new(os.path.join(home, "control", name), data, uid, gid, 0o644, priv)
+    for program in PROGRAMS:
+        _write_file(os.path.join(home, "bin", program), shim(program).encode(), uid, gid, 0o755, priv)
+
+
+def _write_new(full: str, data: bytes, uid: int, gid: int, mode: int, priv: bool) -> None:
+    """Write a file only if it does not exist yet."""
+    if not os.path.exists(full):
+        _write_file(full, data, uid, gid, mode, priv)
+
+
+def _write_file(full: str, data: bytes, uid: int, gid: int, mode: int, priv: bool) -> None:
+    """Write a file atomically with the given owner and mode."""
+    tmp = full + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if priv:
+        os.chown(tmp, uid, gid)
+    os.chmod(tmp, mode)
+    os.rename(tmp, full)
+
+
+def check(home: str, priv: bool) -> list[str]:
+    """Return a line for every entry whose type, owner or mode is wrong."""
+    owners = Owners(priv)
+    problems = []
+    for entry in DIRS:
+        full = os.path.join(home, entry.path) if entry.path else home
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            problems.append(f"{entry.path or '.'}: missing")
+            continue
+        want_type = {"d": stat.S_ISDIR, "p": stat.S_ISFIFO, "z": stat.S_ISREG}[entry.kind]
+        if not want_type(st.st_mode):
+            problems.append(f"{entry.path}: wrong type")
+        if stat.S_IMODE(st.st_mode) != entry.mode:
+            problems.append(f"{entry.path}: mode {stat.S_IMODE(st.st_mode):o} != {entry.mode:o}")
+        uid, gid = owners.ids(entry.owner, entry.group)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            problems.append(f"{entry.path}: owner {st.st_uid}:{st.st_gid} != {uid}:{gid}")
+    return problems

@@ -1,0 +1,45 @@
+"""Received:/Delivered-To: lines and qmail's date822fmt date format."""
+from __future__ import annotations
+
+import time
+
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep",
+           b"Oct", b"Nov", b"Dec")
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.@%+/=:-[]")
+
+
+def date822(when: float | None = None) -> bytes:
+    """``D Mon YYYY hh:mm:ss -0000`` in UTC, day not zero-padded, no weekday."""
+    t = time.gmtime(time.time() if when is None else when)
+    return b"%d %s %d %02d:%02d:%02d -0000" % (
+        t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def queue_line(pid: int, who: bytes, when: float | None = None) -> bytes:
+    """qmail-queue's line: ``Received: (qmail PID invoked WHO); DATE\\n``."""
+    return b"Received: (qmail %d invoked %s); %s\n" % (pid, who, date822(when))
+
+
+def safe(value: bytes) -> bytes:
+    """Every byte outside ``A-Za-z0-9.@%+/=:-[]`` becomes ``?`` (qmail-smtpd's safehost)."""
+    return bytes(ch if ch in _SAFE else 0x3F for ch in value)
+
+
+def smtp_line(remotehost: bytes, helo: bytes | None, remoteinfo: bytes | None,
+              remoteip: bytes, localhost: bytes, protocol: bytes = b"SMTP",
+              when: float | None = None) -> bytes:
+    """The Received line a network server writes (smtpd.md, DATA)."""
+    out = b"Received: from " + safe(remotehost)
+    if helo is not None and helo.lower() != remotehost.lower():
+        out += b" (HELO " + safe(helo) + b")"
+    out += b" ("
+    if remoteinfo is not None:
+        out += safe(remoteinfo) + b"@"
+    out += safe(remoteip) + b")\n  by " + safe(localhost) + b" with " + protocol
+    return out + b"; " + date822(when) + b"\n"
+
+
+def delivered_to(local: bytes, domain: bytes) -> bytes:
+    """``Delivered-To: local@domain\\n`` with any newline in the address turned into ``_``."""
+    addr = (local + b"@" + domain).replace(b"\n", b"_")
+    return b"Delivered-To: " + addr + b"\n"

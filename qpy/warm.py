@@ -1,0 +1,81 @@
+"""Warm spawning: run one of our programs in a forked child without an exec.
+
+A spawner forks; the child sets up its fds and calls ``run(name, argv)``, which
+imports qpy.programs.<module> by name (already imported in a warm parent) and
+calls its main().  Anything configured from outside (QMAILQUEUE, QMAILREMOTE, a
+.qmail program) is exec'd instead, and QPY_EXEC forces exec for our own
+programs too, so tests can show both paths behave the same.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib
+import os
+import signal
+import sys
+
+from qpy import auto
+
+MAX_FD = 1024
+
+
+def module_for(program: str) -> str:
+    """bin name → module path: qmail-queue → qpy.programs.qmail_queue."""
+    return "qpy.programs." + program.replace("-", "_")
+
+
+def preload(*programs: str) -> None:
+    """Import program modules now, in the parent, so forked children start warm."""
+    for program in programs:
+        importlib.import_module(module_for(program))
+
+
+def place_fds(mapping: dict[int, int], keep: tuple[int, ...] = (2,)) -> None:
+    """In a child: make fd ``to`` a copy of ``fd`` for each item; close every other fd.
+
+    Targets are assigned through copies above the highest target, so a source
+    that is also another item's target is never clobbered.  fds in ``keep`` stay.
+    """
+    floor = max(list(mapping) + list(keep) + [2]) + 1
+    parked = {to: fcntl.fcntl(fd, fcntl.F_DUPFD, floor) for to, fd in mapping.items()}
+    for to, fd in parked.items():
+        os.dup2(fd, to)
+    busy = sorted(set(mapping) | set(keep))
+    low = 0
+    for fd in busy:
+        if low < fd:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
+def run(program: str, argv: list[str]) -> int:
+    """Call the program's main(argv) as if it had been exec'd; return its exit code."""
+    for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM,
+                signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    sys.argv = [program, *argv]
+    module = importlib.import_module(module_for(program))
+    code = module.main(argv)
+    return int(code or 0)
+
+
+def exec_program(path: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """exec a program (replaces the child); raises OSError if it cannot."""
+    if env is None:
+        os.execv(path, [path, *argv])
+    os.execve(path, [path, *argv], env)
+
+
+def run_or_exec(program: str, argv: list[str], external: str | None = None) -> int:
+    """In a child: exec ``external`` or our bin/<program> when forced, else run warm."""
+    if external:
+        exec_program(external, argv)
+    if auto.force_exec():
+        exec_program(auto.path("bin", program), argv)
+    return run(program, argv)
+
+
+def child_exit(code: int) -> None:
+    """Leave a forked child without running the parent's atexit handlers or flushing its buffers."""
+    os._exit(code & 0xFF)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a temporary instance, program runners, account helpers.
+
+``home`` builds a single-user instance with the real installer (qpy.hier) in a
+temporary directory and points QMAILHOME at it, for in-process calls and for
+subprocesses alike.  ``run`` executes an instance's bin/ program as a real
+subprocess on real pipes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qpy import hier
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def need_root() -> None:
+    """Skip unless running as root (CI runs as root, so CI never skips)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+def need_program(name: str) -> str:
+    """Return the path of a Debian-provided program, or skip (``.ci/run`` installs it)."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}", f"/usr/lib/postfix/sbin/{name}")
+         if os.path.exists(p)), None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing in CI: .ci/run must install it")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def make_instance(path: Path, me: bytes = b"test.example", priv: bool = False) -> Path:
+    """Create an instance at ``path`` with the real installer."""
+    hier.install(str(path), me, priv)
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh single-user instance; QMAILHOME points at it."""
+    h = make_instance(tmp_path / "qmail")
+    monkeypatch.setenv("QMAILHOME", str(h))
+    monkeypatch.delenv("QMAILQUEUE", raising=False)
+    monkeypatch.delenv("QPY_EXEC", raising=False)
+    return h
+
+
+def run(home: Path, program: str, args: list[str] | None = None, input: bytes = b"",
+        env: dict[str, str] | None = None, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Run ``home/bin/<program>`` as a subprocess; returns the CompletedProcess."""
+    full_env = dict(os.environ, QMAILHOME=str(home))
+    full_env.update(env or {})
+    return subprocess.run([str(home / "bin" / program), *(args or [])], input=input,
+                          capture_output=True, env=full_env, timeout=timeout, **kw)
+
+
+def control(home: Path, name: str, text: str | bytes) -> None:
+    """Write control/<name>."""
+    data = text.encode() if isinstance(text, str) else text
+    (home / "control" / name).write_bytes(data)
+
+
+def python() -> str:
+    """The interpreter tests should use for subprocesses."""
+    return sys.executable
