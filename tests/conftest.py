@@ -72,3 +72,54 @@ def control(home: Path, name: str, text: str | bytes) -> None:
 def python() -> str:
     """The interpreter tests should use for subprocesses."""
     return sys.executable
+
+
+QMAIL_GROUPS = ("qmail", "nofiles")
+QMAIL_USERS = {  # name: (primary group, home) as qmail's INSTALL.ids
+    "alias": ("nofiles", "/var/qmail/alias"), "qmaild": ("nofiles", "/var/qmail"),
+    "qmaill": ("nofiles", "/var/qmail"), "qmailp": ("nofiles", "/var/qmail"),
+    "qmailq": ("qmail", "/var/qmail"), "qmailr": ("qmail", "/var/qmail"),
+    "qmails": ("qmail", "/var/qmail"),
+}
+
+
+def ensure_qmail_accounts() -> None:
+    """As root, create qmail's groups and accounts if missing (system accounts, no login)."""
+    need_root()
+    import grp
+    import pwd
+    for g in QMAIL_GROUPS:
+        try:
+            grp.getgrnam(g)
+        except KeyError:
+            subprocess.run(["groupadd", "-r", g], check=True)
+    for user, (group, homedir) in QMAIL_USERS.items():
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "-r", "-M", "-g", group, "-d", homedir,
+                            "-s", "/usr/sbin/nologin", user], check=True)
+
+
+@pytest.fixture(scope="session")
+def qmail_accounts() -> None:
+    """The qmail accounts exist (created as root); skips when not root."""
+    ensure_qmail_accounts()
+
+
+@pytest.fixture
+def priv_home(monkeypatch: pytest.MonkeyPatch, qmail_accounts: None):
+    """A fresh privileged-mode instance (root only); QMAILHOME points at it.
+
+    It lives under a world-traversable temporary directory (pytest's own is 0700),
+    so the qmail accounts can reach it.
+    """
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="qpy-priv-"))
+    os.chmod(base, 0o755)
+    h = make_instance(base / "qmail", priv=True)
+    monkeypatch.setenv("QMAILHOME", str(h))
+    monkeypatch.delenv("QMAILQUEUE", raising=False)
+    monkeypatch.delenv("QPY_EXEC", raising=False)
+    yield h
+    shutil.rmtree(base, ignore_errors=True)
