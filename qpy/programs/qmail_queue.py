@@ -102,28 +102,30 @@ def _copy_envelope(in_fd: int, out: bytearray) -> None:
     Stops at the terminating empty record, which is not copied.
     """
     buf = b""
+    pos = 0
     first = True
     while True:
-        nul = buf.find(b"\0")
-        if buf:
-            lead = buf[:1]
+        if pos < len(buf):
+            lead = buf[pos:pos + 1]
             if first and lead != b"F":
                 raise Exit(QQ.ENVELOPE)
             if not first and lead == b"\0":
                 return
             if not first and lead != b"T":
                 raise Exit(QQ.ENVELOPE)
-            if (nul if nul != -1 else len(buf)) - 1 > MAX_ADDR:
+            nul = buf.find(b"\0", pos)
+            if (nul if nul != -1 else len(buf)) - pos - 1 > MAX_ADDR:
                 raise Exit(QQ.ADDR_TOO_LONG)
-        if nul == -1 or not buf:
-            chunk = _read(in_fd)
-            if not chunk:
-                raise Exit(QQ.READ_ERROR)
-            buf += chunk
-            continue
-        out += buf[:nul + 1]
-        buf = buf[nul + 1:]
-        first = False
+            if nul != -1:
+                out += buf[pos:nul + 1]
+                pos = nul + 1
+                first = False
+                continue
+        chunk = _read(in_fd)
+        if not chunk:
+            raise Exit(QQ.READ_ERROR)
+        buf = buf[pos:] + chunk
+        pos = 0
 
 
 class Writer:
@@ -148,6 +150,7 @@ class Writer:
         """Queue the message; return the id.  Raises Exit on failure."""
         line = received.queue_line(self.pid, self.who)
         fd, pidname = self.open_pid_file()
+        self.made.append(pidname)
         try:
             msgid = os.fstat(fd).st_ino
             messname = f"mess/{msgid % SPLIT}/{msgid}"
@@ -160,6 +163,7 @@ class Writer:
                 os.unlink(pidname)
             except OSError:
                 raise Exit(QQ.PID_DIR)
+            self.made.remove(pidname)
             # S2: mess exists.
             _write_all(fd, line)
             while True:
@@ -229,11 +233,26 @@ def queue(msg_fd: int, env_fd: int, uid: int, who: bytes) -> int:
     return QQ.OK
 
 
+def _on_bug(signum: int, frame: object) -> None:
+    raise Exit(QQ.BUG)
+
+
+# qmail's sig_miscignore and sig_bugcatch: a terminal's ^C or a hangup must not cut a
+# write in half; a file size limit turns into a write error; a fault signal is exit 81.
+IGNORED = (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGXFSZ,
+           signal.SIGVTALRM, signal.SIGPROF)
+BUGS = (signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGBUS, signal.SIGSEGV,
+        signal.SIGSYS, signal.SIGTRAP)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Queue the message on fd 0 with the envelope on fd 1."""
     os.umask(0o033)
     signal.signal(signal.SIGALRM, _on_alarm)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for sig in IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in BUGS:
+        signal.signal(sig, _on_bug)
     try:
         signal.alarm(int(os.environ.get("QPY_QUEUE_ALARM") or ALARM))
         try:
