@@ -74,31 +74,11 @@ def python() -> str:
     return sys.executable
 
 
-QMAIL_GROUPS = ("qmail", "nofiles")
-QMAIL_USERS = {  # name: (primary group, home) as qmail's INSTALL.ids
-    "alias": ("nofiles", "/var/qmail/alias"), "qmaild": ("nofiles", "/var/qmail"),
-    "qmaill": ("nofiles", "/var/qmail"), "qmailp": ("nofiles", "/var/qmail"),
-    "qmailq": ("qmail", "/var/qmail"), "qmailr": ("qmail", "/var/qmail"),
-    "qmails": ("qmail", "/var/qmail"),
-}
-
-
 def ensure_qmail_accounts() -> None:
-    """As root, create qmail's groups and accounts if missing (system accounts, no login)."""
+    """As root, create qmail's groups and accounts if missing (qpy.accounts, as qpy install does)."""
     need_root()
-    import grp
-    import pwd
-    for g in QMAIL_GROUPS:
-        try:
-            grp.getgrnam(g)
-        except KeyError:
-            subprocess.run(["groupadd", "-r", g], check=True)
-    for user, (group, homedir) in QMAIL_USERS.items():
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            subprocess.run(["useradd", "-r", "-M", "-g", group, "-d", homedir,
-                            "-s", "/usr/sbin/nologin", user], check=True)
+    from qpy import accounts
+    accounts.ensure()
 
 
 @pytest.fixture(scope="session")

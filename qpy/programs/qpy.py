@@ -1,27 +1,65 @@
-"""qpy - create and run qpy instances.
+"""qpy - create, run and inspect qpy instances.
 
-SYNOPSIS  qpy init [--home DIR] [--me HOSTNAME]
-RUNS AS   the admin.  As root with the qmail accounts present, ``init`` gives the
-          instance qmail's owners and modes (privileged mode); otherwise every file
-          belongs to the invoking user (single-user mode).
-WRITES    the instance tree of qpy.hier: control/ (existing files are kept), queue/ in
-          qmail's layout, users/, alias/, bin/ (shims for this interpreter).
-EXIT      0 ok; 100 usage; 111 on any failure (one line on stderr).
+SYNOPSIS  qpy init   [--home DIR] [--me HOSTNAME]
+          qpy run    [--home DIR] [--me HOSTNAME] [--host IP] [--port N] [--user NAME]
+          qpy user add NAME [--home DIR];  qpy user list [--home DIR]
+          qpy status [--home DIR]
+          qpy install [--home /var/qmail] [--me HOST] [--service-dir DIR] [--link SCANDIR] …
+RUNS AS   the admin or an ordinary user.  As root with the qmail accounts present,
+          ``init`` gives the instance qmail's owners and modes (privileged mode);
+          otherwise every file belongs to the invoking user (single-user mode).
+HOME      --home, else $QMAILHOME, else ./qpy-home.
+WRITES    init: the instance tree of qpy.hier (existing control files are kept).
+          run: creates the instance on first use (me = localhost, one virtual user
+          named after the invoking login, mail to NAME@localhost lands in
+          users/NAME/Maildir/), then runs the delivery daemons and an SMTP listener
+          on 127.0.0.1:2525 in the foreground with logs on the terminal and in
+          log/current; Ctrl-C stops cleanly.
+          install (root): the qmail accounts, a privileged instance, and service
+          directories (run + log/run with multilog's TAI64N stamps) for daemontools
+          or runit.
+EXIT      0 ok; 100 usage or bad argument; 111 on any failure (one line on stderr).
 """
 from __future__ import annotations
 
+import getpass
 import os
+import re
 import socket
 
 import click
 
-from qpy import hier, prot
+from qpy import control, hier, instance, prot
+from qpy.errors import QmailError
 from qpy.programs import options
+
+DEFAULT_HOME = "./qpy-home"
+
+home_option = click.option(
+    "--home", envvar="QMAILHOME", default=DEFAULT_HOME, show_default=True,
+    type=click.Path(file_okay=False), help="The instance directory ($QMAILHOME).")
 
 
 def default_me() -> str:
     """This host's fully qualified name, as best the resolver knows it."""
     return socket.getfqdn() or socket.gethostname() or "localhost"
+
+
+def ensure_instance(home: str, me: str) -> bool:
+    """Create a single-user instance unless one exists; return True if it was created."""
+    if os.path.exists(os.path.join(home, "control", "me")):
+        return False
+    try:
+        hier.install(home, me.encode(), False)
+    except OSError as e:
+        raise options.Fatal(f"unable to create {e.filename or home}: {e.strerror}")
+    return True
+
+
+def login_name() -> str:
+    """A user name for the first virtual user: the invoking login, made safe."""
+    name = re.sub(r"[^a-z0-9._]", "", getpass.getuser().lower()) or "user"
+    return name[:32]
 
 
 @click.group(context_settings=options.CONTEXT)
@@ -30,18 +68,135 @@ def cli() -> None:
 
 
 @cli.command()
-@options.home_option
+@home_option
 @click.option("--me", default=None, help="This host's FQDN (default: the system's).")
-def init(home: str, me: str | None) -> None:
+@click.option("--mode", type=click.Choice(["auto", "privileged", "single-user"]), default="auto",
+              show_default=True, help="auto = privileged when root and the qmail accounts exist.")
+def init(home: str, me: str | None, mode: str) -> None:
     """Create (or repair) an instance directory."""
     home = os.path.abspath(home)
-    priv = os.geteuid() == 0 and prot.accounts_exist()
+    can = os.geteuid() == 0 and prot.accounts_exist()
+    if mode == "privileged" and not can:
+        raise options.Fatal("privileged mode needs root and the qmail accounts (qpy install)", 100)
+    priv = can and mode != "single-user"
     try:
         hier.install(home, (me or default_me()).encode(), priv)
     except OSError as e:
         raise options.Fatal(f"unable to create {e.filename or home}: {e.strerror}")
     mode = "privileged" if priv else "single-user"
     click.echo(f"qpy: instance ready at {home} ({mode} mode)")
+
+
+@cli.command()
+@home_option
+@click.option("--me", default="localhost", show_default=True, help="Host name for a new instance.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (:: for IPv6).")
+@click.option("--port", default=2525, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--user", "user", default=None, help="First virtual user of a new instance.")
+def run(home: str, me: str, host: str, port: int, user: str | None) -> int:
+    """Run an MTA in the foreground: SMTP listener plus delivery daemons."""
+    from qpy.runner import Runner
+    home = os.path.abspath(home)
+    if ensure_instance(home, me):
+        click.echo(f"qpy: created instance {home} (single-user mode)")
+    if not instance.list_users(home):
+        name = user or login_name()
+        path = _add_user(home, name)
+        click.echo(f"qpy: mail for {name}@{me} is delivered to {path}/Maildir/")
+    os.environ["QMAILHOME"] = home
+    me_now = control.read_line("me") or me.encode()
+    runner = Runner(home, host, port, me_now.decode())
+    click.echo(f"qpy: SMTP on {host}:{port}, queue in {home}/queue; Ctrl-C stops")
+    runner.start()
+    return runner.loop()
+
+
+def _add_user(home: str, name: str) -> str:
+    try:
+        return instance.add_user(home, name.encode())
+    except QmailError as e:
+        raise options.Fatal(e.text, 100 if e.exit_code == 100 else 111)
+    except OSError as e:
+        raise options.Fatal(f"unable to add user {name}: {e.strerror}")
+
+
+@cli.group()
+def user() -> None:
+    """Manage virtual users (users/assign → users/cdb)."""
+
+
+@user.command("add")
+@click.argument("name")
+@home_option
+def user_add(name: str, home: str) -> None:
+    """Add a virtual user with a Maildir under the instance."""
+    home = os.path.abspath(home)
+    if not os.path.isdir(os.path.join(home, "users")):
+        raise options.Fatal(f"{home} is not an instance (run qpy init first)")
+    path = _add_user(home, name)
+    click.echo(f"qpy: user {name.lower()} added; mail goes to {path}/Maildir/")
+
+
+@user.command("list")
+@home_option
+def user_list(home: str) -> None:
+    """List the virtual users."""
+    for name in instance.list_users(os.path.abspath(home)):
+        click.echo(name.decode())
+
+
+@cli.command()
+@home_option
+def status(home: str) -> None:
+    """Show whether the instance runs, its queue, and recent deliveries."""
+    home = os.path.abspath(home)
+    try:
+        st = instance.status(home)
+    except QmailError as e:
+        raise options.Fatal(e.text)
+    click.echo(f"instance: {home}")
+    click.echo(f"qmail-send: {'running' if st.running else 'not running'}")
+    click.echo(f"messages in queue: {st.queued}")
+    click.echo(f"messages in queue but not yet preprocessed: {st.unprocessed}")
+    if st.recent:
+        click.echo("recent deliveries:")
+        for line in st.recent:
+            click.echo(f"  {line}")
+
+
+@cli.command()
+@click.option("--home", default="/var/qmail", show_default=True, type=click.Path(file_okay=False))
+@click.option("--me", default=None, help="This host's FQDN (default: the system's).")
+@click.option("--defaultdelivery", default="./Maildir/", show_default=True,
+              help="Delivery instruction for users without .qmail (./Mailbox, /var/spool/mail/...).")
+@click.option("--smtp-host", default="0", show_default=True, help="tcpserver host (0 = all, :: = IPv6).")
+@click.option("--smtp-port", default=25, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--service-dir", default=None, help="Where to write service directories [HOME/supervise].")
+@click.option("--link", "scan_dir", default=None, help="Also link the services into this scan directory.")
+def install(home: str, me: str | None, defaultdelivery: str, smtp_host: str, smtp_port: int,
+            service_dir: str | None, scan_dir: str | None) -> None:
+    """Privileged mode: accounts, the instance with qmail's owners, service directories."""
+    from qpy import accounts, services
+    if os.geteuid() != 0:
+        raise options.Fatal("qpy install must run as root (use qpy run for single-user mode)", 100)
+    home = os.path.abspath(home)
+    try:
+        made = accounts.ensure(home)
+        hier.install(home, (me or default_me()).encode(), True)
+        os.environ["QMAILHOME"] = home
+        name = (control.read_line("me") or b"localhost").decode()
+        scripts = services.run_scripts(home, name, defaultdelivery, smtp_host, smtp_port,
+                                       set(hier.PROGRAMS))
+        paths = services.write(service_dir or os.path.join(home, "supervise"), scripts)
+        if scan_dir:
+            services.link(paths, scan_dir)
+    except QmailError as e:
+        raise options.Fatal(e.text)
+    except OSError as e:
+        raise options.Fatal(f"unable to install into {e.filename or home}: {e.strerror}")
+    if made:
+        click.echo(f"qpy: created accounts: {' '.join(made)}")
+    click.echo(f"qpy: privileged instance at {home}; services: {' '.join(paths)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,3 +118,41 @@ def test_unwritable_home_is_a_clear_error():
         assert r.stderr.count(b"\n") == 1
     finally:
         subprocess.run(["rm", "-rf", str(base)])
+
+
+def qpy_cmd(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from qpy.programs.qpy import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=60)
+
+
+def test_user_add_writes_assign_cdb_and_maildir(home):
+    r = qpy_cmd("user", "add", "Alice", "--home", str(home))
+    assert r.returncode == 0, r.stderr
+    assert qpy_cmd("user", "add", "bob", "--home", str(home)).returncode == 0
+    assert qpy_cmd("user", "add", "alice", "--home", str(home)).returncode == 0  # again: replaced
+    text = (home / "users" / "assign").read_bytes()
+    assert text.count(b"=alice:") == 1 and text.endswith(b".\n")
+    for sub in ("tmp", "new", "cur"):
+        assert stat.S_IMODE((home / "users" / "alice" / "Maildir" / sub).stat().st_mode) == 0o700
+    from qpy import users
+    a = users.lookup(b"Alice-List")
+    assert (a.home, a.dash, a.ext) == (str(home / "users" / "alice").encode(), b"-", b"List")
+    assert a.uid == os.getuid()
+    assert sorted(qpy_cmd("user", "list", "--home", str(home)).stdout.split()) == [b"alice", b"bob"]
+
+
+def test_user_add_refuses_names_that_could_escape(home):
+    for bad in ("../x", "a/b", "", "-x", "a" * 40):
+        r = qpy_cmd("user", "add", "--home", str(home), "--", bad)
+        assert r.returncode == 100, bad
+        assert r.stderr.startswith(b"qpy: fatal: bad user name")
+    assert not (home / "users" / "assign").exists()
+
+
+def test_status_reports_queue_and_not_running(home):
+    from qpy import qmailq
+    assert qmailq.queue_message(b"x\n", b"a@b", [b"c@d"]) == ""
+    r = qpy_cmd("status", "--home", str(home))
+    assert r.returncode == 0
+    assert b"qmail-send: not running\n" in r.stdout
+    assert b"messages in queue: 1\nmessages in queue but not yet preprocessed: 1\n" in r.stdout

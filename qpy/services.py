@@ -1,0 +1,67 @@
+"""Service directories for daemontools (svscan/supervise) and runit (runsvdir/runsv).
+
+Both supervisors run ``<service>/run`` and pipe its output into ``<service>/log/run``;
+the log service runs multilog as qmaill with ``t`` so every line gets a TAI64N stamp
+(readable with tai64nlocal).  One directory tree serves both supervisors.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+
+from qpy import auto, prot
+
+LOGGER = "multilog t s1000000 n20 ./main"
+
+
+def run_scripts(home: str, me: str, defaultdelivery: str, smtp_host: str, smtp_port: int,
+                programs: set[str]) -> dict[str, str]:
+    """The run scripts, by service name, for the programs this tree has."""
+    q = shlex.quote
+    bin_ = os.path.join(home, "bin")
+    env = f"env - PATH={q(bin_)}:/usr/bin:/bin QMAILHOME={q(home)}"
+    scripts = {
+        "qmail-send": f"exec {env} {q(bin_)}/qmail-start {q(defaultdelivery)} 2>&1\n",
+        "qmail-smtpd": (
+            f"uid=$(id -u {auto.QMAILD}) gid=$(id -g {auto.QMAILD})\n"
+            f"exec {env} {q(bin_)}/tcpserver -v -R -l {q(me)} -x {q(home)}/control/tcp.smtp.cdb -X"
+            f" -c 20 -u \"$uid\" -g \"$gid\" {q(smtp_host)} {smtp_port} qmail-smtpd 2>&1\n"),
+    }
+    if "qmail-queued" in programs:
+        scripts["qmail-queued"] = f"exec {env} {q(bin_)}/qmail-queued 2>&1\n"
+    return scripts
+
+
+def write(service_dir: str, scripts: dict[str, str]) -> list[str]:
+    """Create <service_dir>/<name>/{run,log/run,log/main}; return the service paths."""
+    qmaill = prot.lookup_user(auto.QMAILL)
+    made = []
+    for name, body in scripts.items():
+        svc = os.path.join(service_dir, name)
+        os.makedirs(os.path.join(svc, "log", "main"), exist_ok=True)
+        _script(os.path.join(svc, "run"), "#!/bin/sh\n" + body)
+        user = auto.QMAILL if qmaill is not None and os.geteuid() == 0 else ""
+        logger = f"exec setuidgid {user} {LOGGER}\n" if user else f"exec {LOGGER}\n"
+        _script(os.path.join(svc, "log", "run"), "#!/bin/sh\n" + logger)
+        if user and qmaill is not None:
+            os.chown(os.path.join(svc, "log", "main"), qmaill.uid, qmaill.gid)
+        os.chmod(os.path.join(svc, "log", "main"), 0o755)
+        made.append(svc)
+    return made
+
+
+def _script(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, path)
+
+
+def link(services: list[str], scan_dir: str) -> None:
+    """Symlink each service into a supervisor's scan directory (/service, /etc/service)."""
+    os.makedirs(scan_dir, exist_ok=True)
+    for svc in services:
+        target = os.path.join(scan_dir, os.path.basename(svc))
+        if not os.path.lexists(target):
+            os.symlink(svc, target)
