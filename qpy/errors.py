@@ -6,6 +6,8 @@ files. (#4.3.0)"``.  Library code raises these and never calls sys.exit.
 """
 from __future__ import annotations
 
+import errno
+
 
 class QmailError(Exception):
     """A failure with a message meant for a person and an exit code."""
@@ -52,3 +54,16 @@ class FormatError(PermFail):
 
 class QueueFail(TempFail):
     """qmail-queue failed with one of its exit codes (exit_code holds it)."""
+
+
+# qmail's error_temp(): errno values that mean "try again later".
+TEMP_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "EINTR", "ENOMEM", "ETXTBSY", "EIO", "ETIMEDOUT", "EWOULDBLOCK", "EAGAIN", "EDEADLK",
+    "EBUSY", "ENFILE", "EMFILE", "EFBIG", "ENOSPC", "ENETDOWN", "ENETUNREACH", "ENETRESET",
+    "ECONNABORTED", "ECONNRESET", "ENOBUFS", "EHOSTDOWN", "EHOSTUNREACH", "EUSERS", "EDQUOT",
+    "ESTALE", "EREMOTE", "ENOLCK") if hasattr(errno, name))
+
+
+def temporary_errno(err: int | None) -> bool:
+    """True if an errno means a temporary condition (qmail's error_temp)."""
+    return err in TEMP_ERRNOS

@@ -5,6 +5,7 @@ layout test to keep bin/, console_scripts and qpy/programs/ in step.
 """
 from __future__ import annotations
 
+import keyword
 import os
 import stat
 import sys
@@ -52,8 +53,14 @@ DIRS: list[Entry] = [
     *_split("queue/remote", auto.QMAILS, 0o700),
     Entry("queue/lock", "d", auto.QMAILQ, Q, 0o750),
     Entry("queue/lock/tcpto", "z", auto.QMAILR, Q, 0o644, 1024),
+    Entry("queue/lock/tcpto6", "z", auto.QMAILR, Q, 0o644, 2048),   # qpy: IPv6 records (qpy.tcpto)
     Entry("queue/lock/sendmutex", "z", auto.QMAILS, Q, 0o600, 0),
     Entry("queue/lock/trigger", "p", auto.QMAILS, Q, 0o622),
+    # qpy: user submission without setuid (qpy.maildrop, SECURITY.md): the qmail-queued
+    # socket lives in public/; maildrop/ takes files while the service is down.
+    Entry("public", "d", auto.QMAILQ, Q, 0o711),
+    Entry("public/qmail-pickup", "p", auto.QMAILQ, Q, 0o622),
+    Entry("maildrop", "d", auto.QMAILQ, Q, 0o3733),
 ]
 
 # Every program: bin/<name> ↔ qpy/programs/<module>.py ↔ one console_scripts line.
@@ -64,14 +71,54 @@ PROGRAMS: dict[str, str] = {
     "qmail-newu": ROOT,
     "qmail-newmrh": ROOT,
     "qmail-qstat": ROOT,
+    "qmail-remote": auto.QMAILR,
+    "qmail-tcpto": ROOT,
+    "qmail-tcpok": ROOT,
+    "qmail-inject": "user",
+    "qmail-send": auto.QMAILS,
+    "qmail-clean": auto.QMAILQ,
+    "qmail-start": ROOT,
+    "sendmail": "user",
+    "qmail-smtpd": auto.QMAILD,
+    "predate": "user",
+    "datemail": "user",
+    "mailsubj": "user",
+    "qmail-lspawn": ROOT,
+    "qmail-rspawn": auto.QMAILR,
+    "qmail-local": "recipient",
+    "qmail-getpw": auto.QMAILP,
+    "forward": "recipient",
+    "condredirect": "recipient",
+    "bouncesaying": "recipient",
+    "except": "recipient",
+    "preline": "recipient",
+    "tcpserver": ROOT,
+    "tcprules": "admin",
+    "tcprulescheck": "admin",
+    "rblsmtpd": auto.QMAILD,
+    "qmail-qmtpd": auto.QMAILD,
+    "qmail-qmqpd": auto.QMAILD,
+    "qmail-qmqpc": "user",
+    "qmail-qread": ROOT,
+    "qmail-showctl": "user",
+    "qmail-pw2u": ROOT,
+    "maildirmake": "user",
+    "maildir2mbox": "user",
+    "splogger": auto.QMAILL,
+    "qmail-queued": auto.QMAILQ,
+    "qmail-pickup": auto.QMAILQ,
+    "newaliases": ROOT,
+    "fastforward": "recipient",
+    "dot-forward": "recipient",
 }
 
 CONTROL_FROM_ME = ("me", "locals", "rcpthosts")
 
 
 def module_name(program: str) -> str:
-    """qmail-foo → qmail_foo."""
-    return program.replace("-", "_")
+    """qmail-foo → qmail_foo; a Python keyword gets a trailing _ (except → except_), as in warm."""
+    name = program.replace("-", "_")
+    return name + "_" if keyword.iskeyword(name) else name
 
 
 def control_defaults(me: bytes) -> dict[str, bytes]:

@@ -98,6 +98,17 @@ def drop_to(uid: int, gid: int, groups: list[int] | None = None) -> None:
         raise TempFail("Unable to switch user. (#4.3.0)")
 
 
+def set_gid(gid: int) -> None:
+    """ucspi-tcp's prot_gid: supplementary groups = [gid], then gid.  Raises OSError."""
+    os.setgroups([gid])
+    os.setgid(gid)
+
+
+def set_uid(uid: int) -> None:
+    """ucspi-tcp's prot_uid: setuid.  Raises OSError."""
+    os.setuid(uid)
+
+
 def set_umask(mask: int) -> int:
     """Set the umask; return the old one."""
     return os.umask(mask)

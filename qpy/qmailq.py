@@ -85,6 +85,10 @@ class QueueJob:
             return "Zqq read error (#4.3.0)" if self.error else ""
         return qq_text(status, fd6)
 
+    def fail(self) -> None:
+        """qmail_fail(): discard the rest; close() then sends no envelope, so nothing is queued."""
+        self.error = True
+
     def abort(self) -> None:
         """Kill the queue program without queueing anything."""
         for fd in (self._msg, self._env, self._err):

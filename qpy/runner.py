@@ -31,6 +31,7 @@ class Runner:
         self.out = out or sys.stdout
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
+        self.port_seen = False
         os.makedirs(os.path.join(home, "log"), exist_ok=True)
         self.log = open(os.path.join(home, "log", "current"), "a", encoding="utf-8")
 
@@ -45,10 +46,19 @@ class Runner:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=self.env(), start_new_session=True)
         self.children["smtp"] = subprocess.Popen(
-            [os.path.join(bin_, "tcpserver"), "-v", "-R", "-H", "-l", self.me, self.host,
+            [os.path.join(bin_, "tcpserver"), "-1", "-v", "-R", "-H", "-l", self.me, self.host,
              str(self.port), "qmail-smtpd"], cwd=self.home,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=self.env(), start_new_session=True)
+
+    def emit_smtp(self, line: bytes) -> None:
+        """tcpserver -1 prints the bound port first: announce where SMTP listens."""
+        if self.port_seen or not line.strip().isdigit():
+            self.emit("smtp", line)
+            return
+        self.port_seen = True
+        print(f"qpy: SMTP on {self.host}:{int(line)}, queue in {self.home}/queue; Ctrl-C stops",
+              file=self.out, flush=True)
 
     def emit(self, name: str, line: bytes) -> None:
         """Show one log line and append it to log/current."""
@@ -96,7 +106,10 @@ class Runner:
                 lines = (buffers[name] + chunk).split(b"\n")
                 buffers[name] = lines.pop()
                 for line in lines:
-                    self.emit(name, line)
+                    if name == "smtp":
+                        self.emit_smtp(line)
+                    else:
+                        self.emit(name, line)
             for name, proc in self.children.items():
                 if proc.poll() is not None and not self.stopping:
                     self.emit("qpy", f"{name} exited with status {proc.returncode}; stopping".encode())

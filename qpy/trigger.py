@@ -6,10 +6,13 @@ import os
 TRIGGER = "lock/trigger"
 
 
-def pull(queue_dir: str = ".") -> None:
-    """Write one NUL byte to the trigger if anyone listens; ignore every error."""
+def pull(queue_dir: str = ".", name: str = TRIGGER) -> None:
+    """Write one NUL byte to the trigger if anyone listens; ignore every error.
+
+    ``name`` picks another FIFO of the same kind (qpy.maildrop.TRIGGER, for qmail-pickup).
+    """
     try:
-        fd = os.open(os.path.join(queue_dir, TRIGGER), os.O_WRONLY | os.O_NONBLOCK)
+        fd = os.open(os.path.join(queue_dir, name), os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return
     try:
@@ -20,12 +23,12 @@ def pull(queue_dir: str = ".") -> None:
         os.close(fd)
 
 
-def open_listen(queue_dir: str = ".") -> int:
+def open_listen(queue_dir: str = ".", name: str = TRIGGER) -> int:
     """Open the trigger for qmail-send: read side, non-blocking.  Returns the fd."""
-    return os.open(os.path.join(queue_dir, TRIGGER), os.O_RDONLY | os.O_NONBLOCK)
+    return os.open(os.path.join(queue_dir, name), os.O_RDONLY | os.O_NONBLOCK)
 
 
-def rearm(fd: int, queue_dir: str = ".") -> int:
+def rearm(fd: int, queue_dir: str = ".", name: str = TRIGGER) -> int:
     """Close and reopen the trigger after it fired (drains it, resets EOF)."""
     os.close(fd)
-    return open_listen(queue_dir)
+    return open_listen(queue_dir, name)

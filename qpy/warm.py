@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import keyword
 import os
 import signal
 import sys
@@ -20,8 +21,9 @@ MAX_FD = 1024
 
 
 def module_for(program: str) -> str:
-    """bin name → module path: qmail-queue → qpy.programs.qmail_queue."""
-    return "qpy.programs." + program.replace("-", "_")
+    """bin name → module path: qmail-queue → qpy.programs.qmail_queue (except → except_)."""
+    name = program.replace("-", "_")
+    return "qpy.programs." + (name + "_" if keyword.iskeyword(name) else name)
 
 
 def preload(*programs: str) -> None:

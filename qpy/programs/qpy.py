@@ -106,7 +106,6 @@ def run(home: str, me: str, host: str, port: int, user: str | None) -> int:
     os.environ["QMAILHOME"] = home
     me_now = control.read_line("me") or me.encode()
     runner = Runner(home, host, port, me_now.decode())
-    click.echo(f"qpy: SMTP on {host}:{port}, queue in {home}/queue; Ctrl-C stops")
     runner.start()
     return runner.loop()
 

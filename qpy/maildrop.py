@@ -1,0 +1,76 @@
+"""Where ordinary users' submissions go in privileged mode: the queue service socket
+and the drop directory, with the drop file format (SECURITY.md, "Submission").
+
+Paths are relative to QMAILHOME.  ``public/`` (qmailq, 0711) holds the socket of
+qmail-queued (0666: every local user may connect) and the FIFO that pokes
+qmail-pickup (0622).  ``maildrop/`` (qmailq:qmail, 03733: anyone may create a
+file, nobody else may list it, only a file's owner may remove or rename it, and
+new files get the group qmail) holds submissions made while the service is down.
+
+A drop file is ``qpy-drop 1 <message length, 20 digits>\\n`` (32 bytes), then the
+message, then the envelope exactly as qmail-queue reads it on fd 1
+(``F<sender>\\0T<rcpt>\\0…\\0``) up to the end of the file.  A file is written
+under a temporary name ``t<32 hex>`` and renamed to its final name ``d<32 hex>``
+(random, unguessable) only when it is complete and fsync'd; qmail-pickup takes
+final names only and removes other names once they are 36 h old.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
+
+PUBLIC = "public"
+SOCKET = "public/qmail-queued"
+TRIGGER = "public/qmail-pickup"
+DIR = "maildrop"
+
+MAGIC = b"qpy-drop 1 "
+HEADER_LEN = len(MAGIC) + 21
+FINAL = re.compile(r"d[0-9a-f]{32}\Z")
+TEMP = re.compile(r"t[0-9a-f]{32}\Z")
+STALE = 129600      # 36 h, as qmail-clean's pid/ cleanup
+
+
+class Malformed(Exception):
+    """A drop file that our client cannot have written."""
+
+
+def temp_name() -> str:
+    """A fresh random name for a file being written."""
+    return "t" + os.urandom(16).hex()
+
+
+def final_name() -> str:
+    """A fresh random name for a complete file."""
+    return "d" + os.urandom(16).hex()
+
+
+def header(msglen: int) -> bytes:
+    """The 32-byte header of a drop file whose message has ``msglen`` bytes."""
+    return MAGIC + b"%020d\n" % msglen
+
+
+def parse_header(data: bytes, size: int) -> int:
+    """Check the header against the file size; return the message length."""
+    if len(data) != HEADER_LEN or not data.startswith(MAGIC) or data[-1:] != b"\n":
+        raise Malformed("bad header")
+    digits = data[len(MAGIC):-1]
+    if not digits.isdigit():
+        raise Malformed("bad header")
+    msglen = int(digits)
+    if HEADER_LEN + msglen >= size:
+        raise Malformed("no envelope")
+    return msglen
+
+
+def peer(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected the other end (SO_PEERCRED, from the kernel)."""
+    import socket  # noqa: F811 - imported here: qmail-queue's direct path needs no socket
+    import struct
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid

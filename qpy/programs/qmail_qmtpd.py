@@ -1,0 +1,237 @@
+"""qmail-qmtpd - receive messages by QMTP and queue them (protocols.md §7).
+
+SYNOPSIS  qmail-qmtpd        (under tcpserver, port 209: fd 0/1 = the client)
+RUNS AS   qmaild.
+READS     per message: netstring(``\\n`` + LF text, or ``\\r`` + CRLF text: CRLF → LF, a
+          lone CR kept), netstring(sender), netstring(netstrings of recipients); any number
+          of messages until the client closes.  control/rcpthosts, morercpthosts.cdb,
+          databytes; $RELAYCLIENT (appended to each recipient, rcpthosts not checked),
+          $DATABYTES; $TCPREMOTEIP/HOST/INFO and $TCPLOCALHOST (else $TCPLOCALIP).
+WRITES    each message to qmail-queue (qpy.qmailq) after ``Received: from <host>
+          (<info>@<ip>) by <local> with QMTP; <date>``; per message one netstring per
+          recipient, in order: ``Kok <time> qp <pid>``, qmail-queue's ``Z…``/``D…``, ``Dsorry,
+          that domain isn't in my list of allowed rcpthosts (#5.7.1)``, or ``Dsorry, I can't
+          handle that recipient (#5.1.3)`` (address + RELAYCLIENT of 1000 bytes or more, or
+          a NUL).  A bad sender (1000 bytes or more, or a NUL) makes the others ``Dunacceptable
+          sender (#5.1.7)``, a message over databytes ``Dsorry, that message size exceeds my
+          databytes limit (#5.3.4)``; then nothing is queued.  Replies are flushed before
+          each read, as qmail's saferead does.
+TRUSTS    nothing in the stream beyond the netstring format.
+EXIT      0 when the client closes; 100 protocol error (silently); 111 a length over
+          200000000, control files unreadable, the queue cannot start, or 3600 s in all.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from qpy import auto, control, netstring, qmailq, received, rcpthosts
+from qpy.errors import QmailError
+from qpy.exitcodes import qq_text
+
+ALARM = 3600
+MAX_ADDR = 1000
+NOT_RCPTHOST = netstring.encode(b"Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
+BAD_RCPT = netstring.encode(b"Dsorry, I can't handle that recipient (#5.1.3)")
+BAD_SENDER = "Dunacceptable sender (#5.1.7)"
+TOO_BIG = "Dsorry, that message size exceeds my databytes limit (#5.3.4)"
+
+
+class Resources(Exception):
+    """qmail's resources(): exit 111."""
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise Resources()
+
+
+def _env(name: str) -> bytes | None:
+    return os.environb.get(name.encode())
+
+
+def _ulong(text: bytes) -> int:
+    digits = text[:len(text) - len(text.lstrip(b"0123456789"))]
+    return int(digits) if digits else 0
+
+
+class Session:
+    """One connection: configuration read once, then messages until EOF."""
+
+    def __init__(self, fd_in: int = 0, fd_out: int = 1) -> None:
+        self.fd_out = fd_out
+        self.pending = bytearray()
+        self.stream = netstring.Stream(fd_in, before_read=self.flush)
+        try:
+            self.rcpthosts = rcpthosts.RcptHosts()
+            self.databytes = control.read_int("databytes")
+        except QmailError:
+            raise Resources()
+        value = _env("DATABYTES")
+        if value is not None:
+            self.databytes = _ulong(value)
+        self.relayclient = _env("RELAYCLIENT")
+        local = _env("TCPLOCALHOST") or _env("TCPLOCALIP") or b"unknown"
+        self.header = (_env("TCPREMOTEHOST") or b"unknown", _env("TCPREMOTEINFO"),
+                       _env("TCPREMOTEIP") or b"unknown", local)
+
+    def flush(self) -> None:
+        """Send the replies waiting (before every read, as qmail-qmtpd does)."""
+        view = memoryview(self.pending)
+        try:
+            while view:
+                view = view[os.write(self.fd_out, view):]
+        except OSError:
+            raise netstring.Closed()
+        finally:
+            view.release()
+        self.pending.clear()
+
+    def body(self, job: qmailq.QueueJob, size: int) -> bool:
+        """Copy the message into the queue; return False if it exceeds databytes."""
+        kind = self.stream.byte()
+        size -= 1
+        if kind not in (0x0A, 0x0D):
+            raise netstring.ProtocolError("bad QMTP message type")
+        host, info, ip, local = self.header
+        job.put(received.smtp_line(host, None, info, ip, local, b"QMTP"))
+        fits = True
+        if kind == 0x0A:
+            fits = not (self.databytes and size > self.databytes)
+            for chunk in self.stream.chunks(size):
+                if fits:
+                    job.put(chunk)
+            return fits
+        written = 0
+        carry = b""
+        for chunk in self.stream.chunks(size):
+            data = (carry + chunk).replace(b"\r\n", b"\n")
+            carry = b""
+            if data.endswith(b"\r"):
+                data, carry = data[:-1], b"\r"
+            written += len(data)
+            if self.databytes and written > self.databytes:
+                fits = False
+            if fits:
+                job.put(data)
+        written += len(carry)
+        if self.databytes and written > self.databytes:
+            fits = False
+        if fits and carry:
+            job.put(carry)
+        return fits
+
+    def sender(self) -> bytes | None:
+        """The sender netstring; None if unacceptable."""
+        n = self.stream.length()
+        if n >= MAX_ADDR:
+            for _ in self.stream.chunks(n):
+                pass
+            self.stream.comma()
+            return None
+        data = self.stream.read(n)
+        self.stream.comma()
+        return None if b"\0" in data else data
+
+    def recipients(self) -> list[tuple[bytes | None, bytes]]:
+        """The recipients netstring → [(address to queue or None, failure reply or b"")]."""
+        relay = self.relayclient
+        extra = len(relay) if relay is not None else 0
+        total = self.stream.length()
+        out = []
+        while total > 0:
+            n = 0
+            digits = 0
+            while True:
+                if not total:
+                    raise netstring.ProtocolError("recipient cut short")
+                ch = self.stream.byte()
+                total -= 1
+                if ch == 0x3A and digits:
+                    break
+                if not 0x30 <= ch <= 0x39:
+                    raise netstring.ProtocolError("bad recipient length")
+                if n > netstring.MAX_LENGTH:
+                    raise netstring.TooLong("recipient too long")
+                n = n * 10 + ch - 0x30
+                digits += 1
+            if n >= total:
+                raise netstring.ProtocolError("recipient cut short")
+            if n + extra >= MAX_ADDR:
+                for _ in self.stream.chunks(n):
+                    pass
+                out.append((None, BAD_RCPT))
+            else:
+                addr = self.stream.read(n)
+                failure = BAD_RCPT if b"\0" in addr else b""
+                if relay is not None:
+                    addr += relay
+                else:
+                    try:
+                        if not self.rcpthosts.accepts(addr):
+                            failure = NOT_RCPTHOST
+                    except QmailError:
+                        raise Resources()
+                out.append((None if failure else addr, failure))
+            self.stream.comma()
+            total -= n + 1
+        self.stream.comma()
+        return out
+
+    def message(self) -> None:
+        """Receive one message and queue the replies for it."""
+        size = self.stream.length()
+        if size == 0:
+            raise netstring.ProtocolError("empty message")
+        try:
+            job = qmailq.QueueJob()
+        except OSError:
+            raise Resources()
+        try:
+            fits = self.body(job, size)
+            self.stream.comma()
+            sender = self.sender()
+            rcpts = self.recipients()
+        except BaseException:
+            job.abort()
+            raise
+        good = [addr for addr, failure in rcpts if addr is not None]
+        if fits and sender is not None and good:
+            result = job.close(sender, good)
+        else:
+            job.abort()
+            result = qq_text(54)
+        if sender is None:
+            result = BAD_SENDER
+        if not fits:
+            result = TOO_BIG
+        reply = netstring.encode((result or "Kok %d qp %d" % (int(time.time()), job.pid)).encode())
+        for _, failure in rcpts:
+            self.pending += failure or reply
+
+    def run(self) -> None:
+        """Messages until the client closes (netstring.Closed)."""
+        while True:
+            self.message()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve QMTP on fd 0/1."""
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(ALARM)
+    try:
+        try:
+            os.chdir(auto.home())
+        except OSError:
+            return 111
+        Session().run()
+    except netstring.Closed:
+        return 0
+    except netstring.ProtocolError:
+        return 100
+    except (netstring.TooLong, Resources, MemoryError):
+        return 111
+    finally:
+        signal.alarm(0)
+    return 0

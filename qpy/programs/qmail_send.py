@@ -1,0 +1,1120 @@
+"""qmail-send - schedule the deliveries of queued messages.
+
+SYNOPSIS  qmail-send    (started by qmail-start; fds 0-6 wired as below)
+RUNS AS   qmails, group qmail; cwd QMAILHOME/queue; umask 077.
+FDS       0 log (write) · 1 → qmail-lspawn commands · 2 ← qmail-lspawn reports ·
+          3 → qmail-rspawn commands · 4 ← qmail-rspawn reports · 5 → qmail-clean · 6 ← qmail-clean.
+READS     control/ once at start (locals and virtualdomains again on HUP); todo/<id>,
+          info/, local/, remote/, bounce/ and mess/ of the queue; lock/trigger.
+WRITES    info/, local/, remote/, bounce/ files (queue.md §4-§8); log lines on fd 0
+          (protocols.md §8); bounce messages through qmail-queue.
+TRUSTS    the queue layout; never the contents of a queue file beyond its format (a bad
+          record is a warning, never a crash); the spawners' reports only as far as
+          their format (slot numbers are checked, reports cut at 10000 bytes).
+SIGNALS   TERM: start nothing new, wait for running deliveries, save retry times as
+          the channel files' atime/mtime, log ``status: exiting``, exit 0.
+          ALRM: retry every channel now.  HUP: reread locals and virtualdomains.
+EXIT      0 after TERM (or after losing a spawner or qmail-clean, logged as an alert);
+          111 if it cannot start (``alert: cannot start: …``) or on an internal error
+          (``alert: oh no! internal error: …``; the queue stays consistent, a supervisor
+          restarts it).
+
+One process, one select() loop, no threads.  Each turn services spawner reports,
+writes pending commands (non-blocking), preprocesses a bounded batch of todo/
+entries, starts deliveries, completes finished messages and sweeps a bounded
+slice of mess/ for leftovers; so a long todo/ never starves deliveries.
+
+DURABILITY OF BATCHED PREPROCESSING.  queue.md §4 promises that a message leaves
+todo/ (S4 → S5) only once its info and channel files are on disk, so a crash at
+any instant either redoes preprocessing from todo/<id> (which first unlinks any
+half-written info/local/remote) or finds complete files.  qmail-send may write
+the files of up to TODO_BATCH messages before syncing them: for every message of
+the batch it fsyncs each file it wrote, then fsyncs every directory that gained
+one of those entries (the link itself must be durable, which a file fsync does
+not promise on every filesystem), and only for the messages whose fsyncs all
+succeeded does it ask qmail-clean to remove todo/<id>.  Until that request the
+message is still in S4 for crash recovery (todo/<id> exists; startup skips an
+info/<id> with a todo/<id>), so no guarantee of queue.md depends on the batch
+size; batching only lets one journal commit cover many messages.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass, replace
+
+from qpy import auto, bounce, control, log, prot, queuedir, trigger
+from qpy.errors import ControlError
+from qpy.rewrite import Rewriter
+from qpy.schedule import (CHANNELS, LIFETIME, OSSIFIED, SLEEP_CLEANUP, SLEEP_FOREVER, SLEEP_FUZZ,
+                          SLEEP_SYSFAIL, SLEEP_TODO, TimedQueue, dying, next_retry)
+
+FD_LOG = 0
+FD_TO_SPAWN = (1, 3)
+FD_FROM_SPAWN = (2, 4)
+FD_TO_CLEAN, FD_FROM_CLEAN = 5, 6
+REPORTMAX = 10000       # bytes of a report record kept (slot + letter + text)
+TODO_BATCH = 32         # todo/ entries preprocessed per loop turn
+CLEANUP_BATCH = 256     # mess/ entries looked at per loop turn
+DONE_BATCH = 64         # completions per loop turn
+SLEEP_PAUSE = 10        # after an unreadable directory or a failing bounce append
+READ_CHUNK = 65536
+
+
+class CannotStart(Exception):
+    """qmail-send cannot start; the text follows ``alert: cannot start: ``."""
+
+
+# ---------------------------------------------------------------- controls
+
+@dataclass
+class Controls:
+    """Everything qmail-send reads from control/ at start."""
+
+    lifetime: int
+    concurrency: list[int]
+    rewriter: Rewriter
+    bounce: bounce.Settings
+
+
+def read_controls() -> Controls:
+    """Read the controls; ControlError if one is unreadable."""
+    bouncehost = control.read_line_me("bouncehost", b"bouncehost") or b"bouncehost"
+    dbhost = control.read_line_me("doublebouncehost", b"doublebouncehost") or b"doublebouncehost"
+    dbto = control.read_line("doublebounceto", b"postmaster")
+    return Controls(
+        lifetime=control.read_int("queuelifetime", LIFETIME),
+        concurrency=[min(control.read_int("concurrencylocal"), auto.SPAWN_LIMIT),
+                     min(control.read_int("concurrencyremote"), auto.SPAWN_LIMIT)],
+        rewriter=Rewriter.from_control(),
+        bounce=bounce.Settings(bouncefrom=control.read_line("bouncefrom", b"MAILER-DAEMON") or b"",
+                               bouncehost=bouncehost,
+                               doublebounceto=(dbto or b"") + b"@" + dbhost),
+    )
+
+
+def reread_rewriter(old: Rewriter, lg: log.Log) -> Rewriter:
+    """HUP: a rewriter with fresh locals and virtualdomains, or the old one on trouble."""
+    try:
+        me = control.me()
+        locals_ = control.read_list("locals", [me] if me else None)
+    except ControlError:
+        locals_ = None
+    if locals_ is None:
+        lg.alert("unable to reread control/locals")
+        return old
+    try:
+        vdoms = control.read_map("virtualdomains") or {}
+    except ControlError:
+        lg.alert("unable to reread control/virtualdomains")
+        return old
+    return replace(old, locals={d.lower() for d in locals_}, virtualdomains=vdoms)
+
+
+# ---------------------------------------------------------------- helpers
+
+def verp(sender: bytes, recip: bytes) -> bytes:
+    """Expand a VERP sender: ``pre@host-@[]`` with ``box@dom`` → ``prebox=dom@host``."""
+    if not sender.endswith(bounce.VERP_TAIL):
+        return sender
+    base = sender[:-len(bounce.VERP_TAIL)]
+    j = base.rfind(b"@")
+    k = recip.rfind(b"@")
+    if j == -1 or k == -1:
+        return sender
+    return base[:j] + recip[:k] + b"=" + recip[k + 1:] + b"@" + base[j + 1:]
+
+
+def command(slot: int, msgid: int, sender: bytes, recip: bytes) -> bytes:
+    """A spawner command: ``<slot><split>/<id>\\0<sender>\\0<recip>\\0``."""
+    return (bytes([slot]) + queuedir.mess_rel(msgid).encode() + b"\0"
+            + verp(sender, recip) + b"\0" + recip + b"\0")
+
+
+def read_file(path: str) -> tuple[bytes, os.stat_result]:
+    """The whole file and its stat; OSError on trouble."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        parts = []
+        while True:
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                break
+            parts.append(chunk)
+        return b"".join(parts), st
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write everything (blocking fd); OSError on trouble."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def stat_exists(path: str) -> bool:
+    """True if the path exists, False on ENOENT; OSError for any other trouble."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def unlink_missing_ok(path: str) -> None:
+    """unlink; a missing file is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class ReportReader:
+    """Splits a spawner's output into report records: ``<slot><letter><text>\\0``.
+
+    The slot byte may itself be NUL; a record is cut at REPORTMAX bytes.
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.started = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add bytes; return the records completed by them (without the NUL)."""
+        done = []
+        i = 0
+        while i < len(data):
+            if not self.started:
+                self.buf.append(data[i])
+                self.started = True
+                i += 1
+                continue
+            j = data.find(b"\0", i)
+            end = len(data) if j == -1 else j
+            room = REPORTMAX - len(self.buf)
+            if room > 0:
+                self.buf += data[i:min(end, i + room)]
+            if j == -1:
+                break
+            done.append(bytes(self.buf))
+            self.buf.clear()
+            self.started = False
+            i = j + 1
+        return done
+
+
+# ---------------------------------------------------------------- pipes
+
+class Spawner:
+    """One delivery channel: its command pipe, report pipe and slot table."""
+
+    def __init__(self, channel: int, fd_out: int, fd_in: int, concurrency: int) -> None:
+        self.channel = channel
+        self.fd_out, self.fd_in = fd_out, fd_in
+        self.concurrency = concurrency
+        self.slots: list[Delivery | None] = [None] * concurrency
+        self.used = 0
+        self.alive = True
+        self.pending = b""
+        self.reader = ReportReader()
+
+    def can_write(self) -> bool:
+        """True when no command is buffered (qmail buffers one per channel)."""
+        return not self.pending
+
+    def available(self) -> bool:
+        """True if a new delivery can start on this channel now."""
+        return self.alive and not self.pending and self.used < self.concurrency
+
+    def free_slot(self) -> int:
+        """The lowest free slot (caller checked available())."""
+        return self.slots.index(None)
+
+    def flush(self) -> bool:
+        """Write what is buffered without blocking; False if the spawner is gone."""
+        while self.pending:
+            try:
+                n = os.write(self.fd_out, self.pending)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            self.pending = self.pending[n:]
+        return True
+
+
+class Cleaner:
+    """The client side of qmail-clean (protocols.md §6), on fds 5 and 6."""
+
+    def __init__(self, fd_out: int = FD_TO_CLEAN, fd_in: int = FD_FROM_CLEAN) -> None:
+        self.fd_out, self.fd_in = fd_out, fd_in
+        self.alive = True
+
+    def request(self, names: list[str]) -> bytes | None:
+        """Send ``foop/N`` / ``todo/N`` requests; return one reply byte each, None if clean died."""
+        if not names:
+            return b""
+        if not self.alive:
+            return None
+        try:
+            write_all(self.fd_out, b"".join(n.encode() + b"\0" for n in names))
+            replies = b""
+            while len(replies) < len(names):
+                chunk = os.read(self.fd_in, len(names) - len(replies))
+                if not chunk:
+                    raise EOFError
+                replies += chunk
+        except (OSError, EOFError):
+            self.alive = False
+            return None
+        return replies
+
+
+# ---------------------------------------------------------------- jobs
+
+@dataclass(eq=False)
+class Job:
+    """A pass over one channel file of one message, plus its deliveries in flight."""
+
+    msgid: int
+    channel: int
+    retry: int
+    sender: bytes
+    dying: bool
+    numtodo: int = 0
+    hiteof: bool = False
+    refs: int = 1
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One delivery in flight: which job, its log number, its record's offset."""
+
+    job: Job
+    delid: int
+    mpos: int
+    recip: bytes
+
+
+@dataclass(eq=False)
+class Pass:
+    """Reading a channel file: its contents and the offset of the next record."""
+
+    job: Job
+    data: bytes
+    pos: int = 0
+
+
+@dataclass(eq=False)
+class Prep:
+    """A todo/ entry written out but not yet synced: its open files by path."""
+
+    msgid: int
+    files: dict[str, int]
+    channels: list[bool]
+
+    def close(self) -> None:
+        """Close every file still open."""
+        for fd in self.files.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.files = {}
+
+
+# ---------------------------------------------------------------- the daemon
+
+class Flags:
+    """What the signal handlers ask for; a self-pipe makes select() return for them."""
+
+    def __init__(self) -> None:
+        self.exitasap = self.runasap = self.readasap = False
+        self.wake_r = -1
+
+    def install(self) -> None:
+        """Catch TERM, ALRM and HUP from now on."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self.wake_r = r
+        signal.set_wakeup_fd(w)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.exitasap = True
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        self.runasap = True
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.readasap = True
+
+    def drain(self) -> None:
+        """Empty the self-pipe."""
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except OSError:
+            pass
+
+
+class QmailSend:
+    """The scheduler's state and its main loop."""
+
+    def __init__(self, controls: Controls, concurrency: list[int], lg: log.Log,
+                 flags: Flags) -> None:
+        self.flags = flags
+        self.controls = controls
+        self.rewriter = controls.rewriter
+        self.log = lg
+        self.spawners = [Spawner(c, FD_TO_SPAWN[c], FD_FROM_SPAWN[c], concurrency[c])
+                         for c in CHANNELS]
+        self.numjobs = sum(concurrency)
+        self.jobs_open = 0
+        self.cleaner = Cleaner()
+        self.pqchan = [TimedQueue(), TimedQueue()]
+        self.pqdone = TimedQueue()
+        self.pqfail = TimedQueue()
+        self.passes: list[Pass | None] = [None, None]
+        self.masterdelid = 1
+        self.recent = int(time.time())
+        self.trigger_fd: int | None = None
+        self.todo_iter = None
+        self.nexttodorun = self.recent
+        self.cleanup_iter = None
+        self.cleanuptime = self.recent
+
+    # -- signals and fds
+    @property
+    def exitasap(self) -> bool:
+        """TERM, or a lost pipe: start nothing new, exit once running deliveries are done."""
+        return self.flags.exitasap
+
+    @exitasap.setter
+    def exitasap(self, value: bool) -> None:
+        self.flags.exitasap = value
+
+    def init_comm(self) -> None:
+        """Non-blocking spawner pipes (a stuck spawner must never block the loop)."""
+        for sp in self.spawners:
+            try:
+                os.set_blocking(sp.fd_out, False)
+                os.set_blocking(sp.fd_in, False)
+            except OSError:
+                self.spawn_died(sp)
+
+    def status(self) -> None:
+        """Log the ``status:`` line."""
+        self.log.line(log.status((self.spawners[0].used, self.spawners[1].used),
+                                 (self.spawners[0].concurrency, self.spawners[1].concurrency),
+                                 self.exitasap))
+
+    def spawn_died(self, sp: Spawner) -> None:
+        """A spawner pipe broke: stop using it and exit as soon as possible."""
+        if sp.alive:
+            self.log.alert("oh no! lost spawn connection! dying...")
+        sp.alive = False
+        self.exitasap = True
+
+    def clean(self, names: list[str]) -> bytes | None:
+        """Ask qmail-clean; on a lost connection log the alert and exit asap."""
+        was_alive = self.cleaner.alive
+        replies = self.cleaner.request(names)
+        if replies is None:
+            if was_alive:
+                self.log.alert("oh no! lost qmail-clean connection! dying...")
+            self.exitasap = True
+        return replies
+
+    # -- startup scan (queue.md §6)
+    def pqadd(self, msgid: int) -> None:
+        """Schedule a preprocessed message found on disk: channels at their mtimes."""
+        path = queuedir.info(msgid)
+        try:
+            if not stat_exists(path):
+                return
+            path = queuedir.todo(msgid)
+            if stat_exists(path):
+                return  # preprocessing will be redone
+            due: list[int | None] = []
+            for c in CHANNELS:
+                path = queuedir.channel(c, msgid)
+                try:
+                    due.append(int(os.stat(path).st_mtime))
+                except FileNotFoundError:
+                    due.append(None)
+        except OSError:
+            self.log.warning(f"unable to stat {path}; will try again later")
+            self.pqfail.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
+            return
+        for c in CHANNELS:
+            if due[c] is not None:
+                self.pqchan[c].add(msgid, due[c])
+        if due == [None, None]:
+            self.pqdone.add(msgid, int(time.time()))
+
+    def pqstart(self) -> None:
+        """Scan info/*/* at startup."""
+        for n in range(auto.SPLIT):
+            while True:
+                try:
+                    names = os.listdir(f"info/{n}")
+                    break
+                except FileNotFoundError:
+                    names = []
+                    break
+                except OSError:
+                    self.log.alert(f"unable to opendir info/{n}, sleeping...")
+                    time.sleep(SLEEP_PAUSE)
+            for name in names:
+                msgid = queuedir.parse_id(name)
+                if msgid is not None:
+                    self.pqadd(msgid)
+
+    def pqfinish(self) -> None:
+        """At exit: each scheduled channel's next retry time goes into its file's times."""
+        for c in CHANNELS:
+            for due, msgid in self.pqchan[c]:
+                path = queuedir.channel(c, msgid)
+                try:
+                    os.utime(path, (due, due))
+                except OSError:
+                    self.log.warning(f"unable to utime {path}; message will be retried too soon")
+
+    # -- info
+    def getinfo(self, msgid: int) -> tuple[bytes, int] | None:
+        """(sender, birth) from info/<id>, or None if unreadable or malformed."""
+        try:
+            data, st = read_file(queuedir.info(msgid))
+        except OSError:
+            return None
+        end = data.find(b"\0")
+        if end == -1 or data[:1] != b"F":
+            return None
+        return data[1:end], int(st.st_mtime)
+
+    # -- jobs and passes (queue.md §5)
+    def job_avail(self) -> bool:
+        """True if a new pass may start."""
+        return self.jobs_open < self.numjobs
+
+    def job_close(self, job: Job) -> None:
+        """Drop one reference; the last one reschedules, or finishes the channel."""
+        job.refs -= 1
+        if job.refs > 0:
+            return
+        self.jobs_open -= 1
+        c, msgid = job.channel, job.msgid
+        due = job.retry
+        if job.hiteof and not job.numtodo:
+            path = queuedir.channel(c, msgid)
+            try:
+                os.unlink(path)
+            except OSError:
+                self.log.warning(f"unable to unlink {path}; will try again later")
+                due = int(time.time()) + SLEEP_SYSFAIL
+            else:
+                other = queuedir.channel(1 - c, msgid)
+                try:
+                    if stat_exists(other):
+                        return  # the other channel's job finishes the message
+                except OSError:
+                    self.log.warning(f"unable to stat {other}")
+                self.pqdone.add(msgid, int(time.time()))
+                return
+        self.pqchan[c].add(msgid, due)
+
+    def open_pass(self, c: int) -> Pass | None:
+        """Start a pass over the next due channel file, if any."""
+        if not self.job_avail() or not self.spawners[c].concurrency:
+            return None
+        due = self.pqchan[c].next_due()
+        if due is None or due > self.recent:
+            return None
+        _, msgid = self.pqchan[c].pop()
+        path = queuedir.channel(c, msgid)
+        try:
+            data, _ = read_file(path)
+        except OSError:
+            data = None
+        info = self.getinfo(msgid) if data is not None else None
+        if data is None or info is None:
+            self.log.warning(f"trouble opening {path}; will try again later")
+            self.pqchan[c].add(msgid, self.recent + SLEEP_SYSFAIL)
+            return None
+        sender, birth = info
+        job = Job(msgid, c, next_retry(birth, self.recent, c), sender,
+                  dying(birth, self.recent, self.controls.lifetime))
+        self.jobs_open += 1
+        p = self.passes[c] = Pass(job, data)
+        return p
+
+    def pass_dochan(self, c: int) -> None:
+        """Advance channel c's pass: start a delivery per ``T`` record while slots are free."""
+        if self.exitasap:
+            return
+        p = self.passes[c] or self.open_pass(c)
+        if p is None:
+            return
+        sp = self.spawners[c]
+        while True:
+            end = p.data.find(b"\0", p.pos)
+            if end == -1:  # end of file (a trailing partial record is not a record)
+                p.job.hiteof = True
+                self.passes[c] = None
+                self.job_close(p.job)
+                return
+            kind = p.data[p.pos:p.pos + 1]
+            if kind == b"T":
+                if not sp.available():
+                    return
+                p.job.numtodo += 1
+                self.del_start(p.job, p.pos, p.data[p.pos + 1:end])
+            elif kind != b"D":
+                self.log.warning(f"unknown record type in {queuedir.channel(c, p.job.msgid)}!")
+            p.pos = end + 1
+
+    def del_start(self, job: Job, mpos: int, recip: bytes) -> None:
+        """Hand one recipient to the channel's spawner."""
+        sp = self.spawners[job.channel]
+        slot = sp.free_slot()
+        d = Delivery(job, self.masterdelid, mpos, recip)
+        self.masterdelid += 1
+        job.refs += 1
+        sp.slots[slot] = d
+        sp.used += 1
+        sp.pending = command(slot, job.msgid, job.sender, recip)
+        self.log.line(log.starting_delivery(d.delid, job.msgid, job.channel, recip))
+        self.status()
+        if not sp.flush():
+            self.spawn_died(sp)
+
+    def markdone(self, c: int, msgid: int, pos: int) -> None:
+        """Overwrite the record's ``T`` with ``D`` (no fsync: a loss means a duplicate)."""
+        path = queuedir.channel(c, msgid)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.fstat(fd)
+                os.lseek(fd, pos, os.SEEK_SET)
+                if os.write(fd, b"D") != 1:
+                    raise OSError(errno.EIO, "short write")
+            finally:
+                os.close(fd)
+        except OSError:
+            self.log.warning(f"trouble marking {path}; message will be delivered twice!")
+
+    def addbounce(self, msgid: int, recip: bytes, report: bytes) -> None:
+        """Append the failure to bounce/<id>; retried every 10 s until it works."""
+        data = bounce.block(bounce.strip_vdom_prepend(recip, self.rewriter.virtualdomains), report)
+        while True:
+            try:
+                bounce.append(queuedir.bounce(msgid), data)
+                return
+            except OSError:
+                self.log.alert("unable to append to bounce message; HELP! sleeping...")
+                time.sleep(SLEEP_PAUSE)
+
+    def handle_report(self, sp: Spawner, record: bytes) -> None:
+        """One report from a spawner: log it, mark done/bounce, release the slot."""
+        slot = record[0]
+        d = sp.slots[slot] if slot < sp.concurrency else None
+        if d is None:
+            self.log.warning("internal error: delivery report out of range")
+            return
+        job = d.job
+        letter = chr(record[1]) if len(record) > 1 else ""
+        report = record[2:]
+        if letter == "Z" and job.dying:
+            letter, report = "D", report + bounce.GIVING_UP
+        self.log.line(log.delivery(d.delid, letter, report))
+        if letter == "D":
+            self.addbounce(job.msgid, d.recip, report)
+        if letter in ("K", "D"):
+            self.markdone(sp.channel, job.msgid, d.mpos)
+            job.numtodo -= 1
+        self.job_close(job)
+        sp.slots[slot] = None
+        sp.used -= 1
+        self.status()
+
+    def del_do(self, readable: set[int]) -> None:
+        """Read the reports waiting on the spawner pipes."""
+        for sp in self.spawners:
+            if not sp.alive or sp.fd_in not in readable:
+                continue
+            try:
+                data = os.read(sp.fd_in, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.spawn_died(sp)
+                continue
+            for record in sp.reader.feed(data):
+                self.handle_report(sp, record)
+
+    def comm_do(self, writable: set[int]) -> None:
+        """Write buffered commands to spawners that can take them."""
+        for sp in self.spawners:
+            if sp.alive and sp.pending and sp.fd_out in writable and not sp.flush():
+                self.spawn_died(sp)
+
+    def can_exit(self) -> bool:
+        """True when no live spawner has a delivery in flight."""
+        return all(not sp.alive or not sp.used for sp in self.spawners)
+
+    # -- completion (queue.md §5, §8)
+    def injectbounce(self, msgid: int) -> bool:
+        """Send the bounce for a finished message if there is one; False to retry later."""
+        info = self.getinfo(msgid)
+        if info is None:
+            self.log.warning(f"trouble reading {queuedir.info(msgid)}; will try again later")
+            return False
+        path = queuedir.bounce(msgid)
+        try:
+            if not bounce.exists(path):
+                return True
+        except OSError:
+            self.log.warning(f"unable to stat {path}")
+            return False
+        if bounce.original_sender(info[0]) == bounce.DOUBLE_BOUNCE_SENDER:
+            self.log.line(log.triple_bounce(msgid))
+        else:
+            # The queue child must not write our signal wakeups into an fd it reuses.
+            old = signal.set_wakeup_fd(-1)
+            try:
+                qp = bounce.inject(path, queuedir.mess(msgid), info[0], self.controls.bounce)
+            except bounce.StartError:
+                self.log.warning("unable to start qmail-queue, will try later")
+                return False
+            except bounce.InjectError:
+                self.log.warning("trouble injecting bounce message, will try later")
+                return False
+            finally:
+                signal.set_wakeup_fd(old)
+            self.log.line(log.bounce_msg(msgid, qp or 0))
+        try:
+            os.unlink(path)
+        except OSError:
+            self.log.warning(f"unable to unlink {path}")
+            return False
+        return True
+
+    def messdone(self, msgid: int) -> None:
+        """Every recipient is finished: bounce, ``end msg``, unlink info, clean foop/<id>."""
+        path = ""
+        try:
+            for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.todo(msgid)):
+                if stat_exists(path):
+                    return  # still busy, or to be preprocessed again
+            path = queuedir.info(msgid)
+            if not stat_exists(path):
+                return
+        except OSError:
+            self.log.warning(f"unable to stat {path}; will try again later")
+            self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
+            return
+        if not self.injectbounce(msgid):
+            self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
+            return
+        self.log.line(log.end_msg(msgid))
+        try:
+            os.unlink(path)
+        except OSError:
+            self.log.warning(f"unable to unlink {path}; will try again later")
+            self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
+            return
+        # S5 -> S2 -> S1: info is gone; qmail-clean removes intd and mess.
+        name = f"foop/{msgid}"
+        replies = self.clean([name])
+        if replies is not None and replies != b"+":
+            self.log.warning(f"qmail-clean unable to clean up {name}")
+
+    def pass_do(self) -> None:
+        """Passes on both channels, then due retries of stat failures and completions."""
+        for c in CHANNELS:
+            self.pass_dochan(c)
+        while (msgid := self.pqfail.pop_due(self.recent)) is not None:
+            self.pqadd(msgid)
+        if self.exitasap:
+            return
+        for _ in range(DONE_BATCH):
+            msgid = self.pqdone.pop_due(self.recent) if self.cleaner.alive else None
+            if msgid is None:
+                break
+            self.messdone(msgid)
+
+    # -- preprocessing (queue.md §4)
+    def preprocess(self, msgid: int) -> Prep | None:
+        """Write info/<id> and the channel files from todo/<id>; nothing is synced yet."""
+        todo = queuedir.todo(msgid)
+        try:
+            data, _ = read_file(todo)
+        except OSError:
+            self.log.warning(f"unable to open {todo}")
+            return None
+        path = queuedir.mess(msgid)
+        try:
+            size = os.stat(path).st_size  # just for the log
+        except OSError:
+            self.log.warning(f"unable to stat {path}")
+            return None
+        prep = Prep(msgid, {}, [False, False])
+        try:
+            for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.info(msgid)):
+                unlink_missing_ok(path)  # leftovers of an earlier attempt
+        except OSError:
+            self.log.warning(f"unable to unlink {path}")
+            return None
+        try:
+            prep.files[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            self.log.warning(f"unable to create {path}")
+            return None
+        self.log.line(log.new_msg(msgid))
+        if data and not data.endswith(b"\0"):
+            self.log.warning(f"trouble reading {todo}")
+            prep.close()
+            return None
+        out: dict[str, bytearray] = {queuedir.info(msgid): bytearray()}
+        uid = pid = 0
+        for record in data.split(b"\0")[:-1]:
+            kind, value = record[:1], record[1:]
+            if kind == b"u":
+                uid = _number(value)
+            elif kind == b"p":
+                pid = _number(value)
+            elif kind == b"F":
+                out[queuedir.info(msgid)] += record + b"\0"
+                self.log.line(log.info_msg(msgid, size, value, pid, uid))
+            elif kind == b"T":
+                c, address = self.rewriter.rewrite(value)
+                path = queuedir.channel(c, msgid)
+                if not prep.channels[c]:
+                    try:
+                        prep.files[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    except OSError:
+                        self.log.warning(f"unable to create {path}")
+                        prep.close()
+                        return None
+                    prep.channels[c] = True
+                    out[path] = bytearray()
+                out[path] += b"T" + address + b"\0"
+            else:
+                self.log.warning(f"unknown record type in {todo}")
+                prep.close()
+                return None
+        for path, buf in out.items():
+            try:
+                write_all(prep.files[path], buf)
+            except OSError:
+                self.log.warning(f"trouble writing to {path}")
+                prep.close()
+                return None
+        return prep
+
+    def commit(self, preps: list[Prep]) -> None:
+        """fsync the batch, then S4 -> S5 through qmail-clean, then schedule."""
+        synced: list[Prep] = []
+        dirs: dict[str, list[Prep]] = {}
+        for prep in preps:
+            path = ""
+            try:
+                for path, fd in prep.files.items():
+                    os.fsync(fd)
+            except OSError:
+                self.log.warning(f"trouble fsyncing {path}")
+                prep.close()
+                continue
+            for path in prep.files:
+                dirs.setdefault(os.path.dirname(path), []).append(prep)
+            prep.close()
+            synced.append(prep)
+        failed: set[int] = set()
+        for path, users in dirs.items():
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                self.log.warning(f"trouble fsyncing {path}")
+                failed.update(p.msgid for p in users)
+        synced = [p for p in synced if p.msgid not in failed]
+        replies = self.clean([f"todo/{p.msgid}" for p in synced])
+        if replies is None:
+            return
+        now = int(time.time())
+        for prep, reply in zip(synced, replies):
+            if reply != ord("+"):
+                self.log.warning(f"qmail-clean unable to clean up todo/{prep.msgid}")
+                continue
+            # S4 -> S5: the message is preprocessed.
+            for c in CHANNELS:
+                if prep.channels[c]:
+                    self.pqchan[c].add(prep.msgid, now)
+            if not any(prep.channels):
+                self.pqdone.add(prep.msgid, now)
+
+    def todo_do(self, readable: set[int]) -> None:
+        """Scan todo/ when triggered or due, a batch of entries per turn."""
+        if self.exitasap:
+            return
+        if self.todo_iter is None:
+            if self.trigger_fd not in readable and self.recent < self.nexttodorun:
+                return
+            self.trigger_set()
+            try:
+                self.todo_iter = os.scandir("todo")
+            except OSError:
+                self.log.alert("unable to opendir todo, sleeping...")
+                self.nexttodorun = self.recent + SLEEP_PAUSE
+                return
+            self.nexttodorun = self.recent + SLEEP_TODO
+        ids: list[int] = []
+        while len(ids) < TODO_BATCH:
+            try:
+                entry = next(self.todo_iter)
+            except (StopIteration, OSError):
+                self.todo_iter.close()
+                self.todo_iter = None
+                break
+            msgid = queuedir.parse_id(entry.name)
+            if msgid is not None:
+                ids.append(msgid)
+        preps = []
+        for msgid in ids:
+            prep = self.preprocess(msgid)
+            if prep is not None:
+                preps.append(prep)
+        self.commit(preps)
+
+    def trigger_set(self) -> None:
+        """(Re)open the trigger FIFO; without it we still scan every 25 minutes."""
+        if self.trigger_fd is not None:
+            try:
+                os.close(self.trigger_fd)
+            except OSError:
+                pass
+            self.trigger_fd = None
+        try:
+            self.trigger_fd = trigger.open_listen()
+        except OSError:
+            self.trigger_fd = None
+
+    # -- cleanup of leftovers (queue.md §6)
+    def mess_ids(self):
+        """Every id in mess/*/, one split directory at a time."""
+        for n in range(auto.SPLIT):
+            try:
+                names = os.listdir(f"mess/{n}")
+            except OSError:
+                continue
+            for name in names:
+                msgid = queuedir.parse_id(name)
+                if msgid is not None:
+                    yield msgid
+
+    def cleanup_do(self) -> None:
+        """Remove ossified mess files that belong to no message (crashed qmail-queue)."""
+        if self.exitasap or not self.cleaner.alive:
+            return
+        if self.cleanup_iter is None:
+            if self.recent < self.cleanuptime:
+                return
+            self.cleanup_iter = self.mess_ids()
+        for _ in range(CLEANUP_BATCH):
+            msgid = next(self.cleanup_iter, None)
+            if msgid is None:
+                self.cleanup_iter = None
+                self.cleanuptime = self.recent + SLEEP_CLEANUP
+                return
+            try:
+                if self.recent <= os.stat(queuedir.mess(msgid)).st_atime + OSSIFIED:
+                    continue
+                if stat_exists(queuedir.info(msgid)) or stat_exists(queuedir.todo(msgid)):
+                    continue
+            except OSError:
+                continue
+            name = f"foop/{msgid}"
+            replies = self.clean([name])
+            if replies is None:
+                return
+            if replies != b"+":
+                self.log.warning(f"qmail-clean unable to clean up {name}")
+
+    # -- the loop
+    def wakeup_and_fds(self) -> tuple[int, list[int], list[int]]:
+        """When to wake up at the latest, and the fds to watch."""
+        wakeup = self.recent + SLEEP_FOREVER
+        rfds = [self.flags.wake_r] if self.flags.wake_r >= 0 else []
+        wfds = []
+        for sp in self.spawners:
+            if sp.alive:
+                rfds.append(sp.fd_in)
+                if sp.pending:
+                    wfds.append(sp.fd_out)
+        if not self.exitasap:
+            for c in CHANNELS:
+                if self.passes[c] is not None and self.spawners[c].available():
+                    wakeup = 0
+            if self.job_avail():
+                for c in CHANNELS:
+                    due = self.pqchan[c].next_due()
+                    if self.passes[c] is None and due is not None and self.spawners[c].concurrency:
+                        wakeup = min(wakeup, due)
+            for q in (self.pqfail, self.pqdone):
+                due = q.next_due()
+                if due is not None:
+                    wakeup = min(wakeup, due)
+            if self.trigger_fd is not None:
+                rfds.append(self.trigger_fd)
+            if self.todo_iter is not None:
+                wakeup = 0
+            wakeup = min(wakeup, self.nexttodorun)
+            if self.cleanup_iter is not None:
+                wakeup = 0
+            wakeup = min(wakeup, self.cleanuptime)
+        return wakeup, rfds, wfds
+
+    def turn(self) -> None:
+        """One loop turn: sleep in select() until something is due, then do it."""
+        self.recent = int(time.time())
+        if self.flags.runasap:
+            self.flags.runasap = False
+            for q in self.pqchan:
+                q.run_all(self.recent)
+        if self.flags.readasap:
+            self.flags.readasap = False
+            self.rewriter = reread_rewriter(self.rewriter, self.log)
+        wakeup, rfds, wfds = self.wakeup_and_fds()
+        timeout = 0 if wakeup <= self.recent else wakeup - self.recent + SLEEP_FUZZ
+        try:
+            r, w, _ = select.select(rfds, wfds, [], timeout)
+        except OSError:
+            self.log.warning("trouble in select")
+            time.sleep(1)
+            return
+        readable, writable = set(r), set(w)
+        if self.flags.wake_r in readable:
+            self.flags.drain()
+        self.recent = int(time.time())
+        self.comm_do(writable)
+        self.del_do(readable)
+        self.todo_do(readable)
+        self.pass_do()
+        self.cleanup_do()
+
+    def run(self) -> int:
+        """Schedule until TERM (or a lost pipe) and the running deliveries are done."""
+        self.pqstart()
+        self.status()
+        self.trigger_set()
+        while not self.exitasap or not self.can_exit():
+            self.turn()
+        self.pqfinish()
+        self.log.line(log.exiting())
+        return 0
+
+
+def _number(value: bytes) -> int:
+    """The leading decimal digits of a u/p record (0 if none)."""
+    digits = b""
+    for ch in value:
+        if not 48 <= ch <= 57:
+            break
+        digits += bytes([ch])
+    return int(digits) if digits else 0
+
+
+def read_limits() -> list[int]:
+    """One byte from each spawner (fds 2 and 4): its slot limit."""
+    limits = []
+    for fd in FD_FROM_SPAWN:
+        while True:
+            try:
+                byte = os.read(fd, 1)
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                byte = b""
+                break
+        if not byte:
+            raise CannotStart("hath the daemon spawn no fire?")
+        limits.append(byte[0])
+    return limits
+
+
+def lock_mutex() -> int:
+    """Take lock/sendmutex (exclusive, non-blocking); the fd stays open for our lifetime."""
+    try:
+        fd = os.open("lock/sendmutex", os.O_WRONLY)
+    except OSError:
+        raise CannotStart("unable to open mutex")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CannotStart("qmail-send is already running")
+    return fd
+
+
+def start(flags: Flags) -> QmailSend:
+    """Everything before the loop; CannotStart on failure."""
+    home = os.path.abspath(auto.home())
+    os.environ["QMAILHOME"] = home  # control paths stay valid after chdir
+    try:
+        os.chdir(home)
+    except OSError:
+        raise CannotStart("unable to switch to home directory")
+    try:
+        controls = read_controls()
+    except (ControlError, OSError):
+        raise CannotStart("unable to read controls")
+    try:
+        os.chdir("queue")
+    except OSError:
+        raise CannotStart("unable to switch to queue directory")
+    prot.set_umask(0o077)
+    lock_mutex()
+    limits = read_limits()
+    concurrency = [min(controls.concurrency[c], limits[c]) for c in CHANNELS]
+    return QmailSend(controls, concurrency, log.Log(FD_LOG), flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scheduler on fds 0-6."""
+    lg = log.Log(FD_LOG)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # fds 1 and 2 are spawner pipes: nothing may ever print to them (print() to None is a no-op).
+    sys.stdout = sys.stderr = None
+    flags = Flags()
+    flags.install()
+    try:
+        daemon = start(flags)
+    except CannotStart as e:
+        lg.alert(f"cannot start: {e}")
+        return 111
+    daemon.init_comm()
+    try:
+        return daemon.run()
+    except Exception as e:  # a bug: say so, and let the supervisor restart us
+        lg.alert(f"oh no! internal error: {type(e).__name__}: {e}; exiting")
+        return 111

@@ -1,0 +1,669 @@
+"""qmail-smtpd - receive mail by SMTP.
+
+SYNOPSIS  qmail-smtpd
+RUNS AS   qmaild/nofiles, started per connection by tcpserver (Debian's ucspi-tcp execs
+          bin/qmail-smtpd; qpy's tcpserver runs it warm).  fd 0 = client → server,
+          fd 1 = server → client, fd 2 = log.  Started as root on a privileged
+          instance it becomes qmaild/nofiles itself before it reads from the network.
+READS     control/smtpgreeting (else me; neither → 421), localiphost (else me),
+          timeoutsmtpd, rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
+          servercert.pem, rcptcheck, checkpassword.  Environment: TCPREMOTEIP,
+          TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP, RELAYCLIENT,
+          DATABYTES, QMAILQUEUE, CHECKPASSWORD.
+WRITES    replies on fd 1; each accepted message through qmail-queue (a warm child,
+          or $QMAILQUEUE exec'd).  fd 2: one line when controls are unreadable, TLS
+          fails, or on an internal error (never a traceback).
+TRUSTS    nothing the client sends.  Addresses with control bytes are refused, HELO
+          and tcpserver's names are escaped in the Received line, command lines are
+          capped at 1 MB, and a 250 after DATA means qmail-queue exited 0.
+DIALOGUE  spec/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
+          - EHLO advertises PIPELINING, 8BITMIME, SIZE <databytes> (if set),
+            ENHANCEDSTATUSCODES, SMTPUTF8, STARTTLS (fd 0 a socket and
+            control/servercert.pem present: certificate chain and key in one PEM,
+            readable by qmaild) and AUTH LOGIN PLAIN (a checkpassword program is
+            configured, and the session is under TLS or from a loopback address).
+          - Enhanced status codes: after EHLO every 2xx/4xx/5xx reply carries one
+            (``250 2.1.5 ok``, ``553 5.7.1 sorry, …``), taken from the ``(#x.y.z)``
+            qmail puts in its texts, else 2.1.0 for MAIL, 2.1.5 for RCPT, x.0.0
+            otherwise.  After HELO, and before any HELO/EHLO, replies are qmail's,
+            unchanged.  The greeting, EHLO lines, 354 and 334 never carry one.
+          - MAIL … SIZE=n with n > databytes → 552 at once; SMTPUTF8 and BODY= are
+            accepted; other parameters are ignored as qmail does.
+          - ``box@[IPv6:…]`` literals naming this host become box@<localiphost>,
+            like IPv4 ones.
+          - An address holding a byte below 32 or DEL → 555 (qmail would cut it at
+            a NUL; a CR could end a Return-Path line in a later hop).
+          - A command line over 1 MB → ``500 sorry, line too long (#5.5.2)``; the
+            rest of that line is read and thrown away.
+          - A bare CR in the message data → ``554 sorry, bare CR in message data is
+            not allowed (#5.6.0)`` after the end of the data; nothing is queued
+            (why: qpy/smtpio.py).  Bare LF is qmail's 451-and-drop.
+          - STARTTLS resets the session (EHLO again); plaintext pipelined after it
+            is thrown away.  The Received line says ``with ESMTPS`` under TLS,
+            ``ESMTPA``/``ESMTPSA`` after AUTH, ``UTF8SMTP…`` for SMTPUTF8 mail,
+            else qmail's ``with SMTP``.
+          - control/rcptcheck containing 1: RCPT of an unknown local recipient →
+            ``550 sorry, no mailbox here by that name (#5.1.1)`` (qpy.rcptcheck).
+          - AUTH PLAIN / AUTH LOGIN: the checkpassword program (env CHECKPASSWORD,
+            else control/checkpassword: the program and its arguments, e.g.
+            ``/usr/bin/checkpassword /bin/true``) reads ``user\\0password\\0\\0`` on
+            fd 3; exit 0 = authenticated, which then acts like RELAYCLIENT="";
+            111 → 454.  It runs as qmaild, so it must not need root.
+EXIT      0 after QUIT; 1 on EOF, timeout, bare LF, control trouble or any fatal error.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+import time
+
+from qpy import auto, control, qmailq, received, smtpio
+from qpy.errors import QmailError
+from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
+
+MAX_ADDR = 900          # longest address accepted (bytes)
+MAXHOPS = 100
+SMTPLF = b"451 See https://cr.yp.to/docs/smtplf.html."
+SERVERCERT = "servercert.pem"
+AUTH_MAX = 1024         # user + password bytes handed to checkpassword
+AUTH_LINE_MAX = 4096    # one base64 answer to a 334
+
+
+class Fatal(Exception):
+    """Answer with this reply (and enhanced code) and end the session with exit 1."""
+
+    def __init__(self, line: bytes, code: bytes = b"") -> None:
+        super().__init__(line, code)
+        self.line, self.code = line, code
+
+
+class Quit(Exception):
+    """The client said QUIT."""
+
+
+class AuthCancelled(Exception):
+    """The client answered a 334 with ``*``."""
+
+
+CONTROLS = b"421 unable to read controls (#4.3.0)"
+
+
+class Config:
+    """Control files and tcpserver's environment, read once per connection."""
+
+    def __init__(self, env: os._Environ | dict) -> None:
+        greeting = control.read_line_me("smtpgreeting")
+        if greeting is None:
+            raise Fatal(CONTROLS)
+        self.greeting: bytes = greeting
+        self.localiphost = control.read_line_me("localiphost")
+        self.timeout = max(control.read_int("timeoutsmtpd"), 1)
+        rcpthosts = control.read_list("rcpthosts")
+        self.rcpthosts = None if rcpthosts is None else control.DomainSet(rcpthosts)
+        self.morercpthosts = None
+        if rcpthosts is not None and os.path.exists(control.control_path("morercpthosts.cdb")):
+            from qpy import cdb
+            self.morercpthosts = cdb.Table(control.control_path("morercpthosts.cdb"))
+        bmf = control.read_list("badmailfrom")
+        self.badmailfrom = None if bmf is None else frozenset(b.lower() for b in bmf)
+        self.databytes = control.read_int("databytes")
+        if env.get("DATABYTES") is not None:
+            self.databytes = _ulong(os.fsencode(env["DATABYTES"]))
+        self.servercert = control.control_path(SERVERCERT)
+        self.rcptcheck = control.read_int("rcptcheck", 0) == 1
+        cpw = env.get("CHECKPASSWORD")
+        line = os.fsencode(cpw) if cpw is not None else control.read_line("checkpassword")
+        self.checkpassword = [os.fsdecode(w) for w in (line or b"").split()]
+
+        def var(name: str) -> bytes | None:
+            value = env.get(name)
+            return None if value is None else os.fsencode(value)
+        self.remoteip = var("TCPREMOTEIP") or b"unknown"
+        self.remotehost = var("TCPREMOTEHOST") or b"unknown"
+        self.remoteinfo = var("TCPREMOTEINFO")
+        self.localip = var("TCPLOCALIP")
+        self.localhost = var("TCPLOCALHOST") or self.localip or b"unknown"
+        self.relayclient = var("RELAYCLIENT")
+
+    def rcpthost_ok(self, address: bytes) -> bool:
+        """qmail's rcpthosts(): no @, no rcpthosts file, or the domain is listed."""
+        if self.rcpthosts is None:
+            return True
+        at = address.rfind(b"@")
+        if at < 0:
+            return True
+        domain = address[at + 1:].lower()
+        if self.rcpthosts.matches_suffix(domain):
+            return True
+        if self.morercpthosts is not None:
+            for i in range(len(domain)):
+                if i == 0 or domain[i] == 0x2E:
+                    try:
+                        if self.morercpthosts.get(domain[i:]) is not None:
+                            return True
+                    except QmailError:
+                        raise Fatal(CONTROLS)
+        return False
+
+    def in_badmailfrom(self, address: bytes) -> bool:
+        """qmail's bmfcheck(): the address, or @domain of its last @, is listed."""
+        if self.badmailfrom is None:
+            return False
+        lower = address.lower()
+        at = lower.rfind(b"@")
+        return lower in self.badmailfrom or (at >= 0 and lower[at:] in self.badmailfrom)
+
+
+def _ulong(text: bytes) -> int:
+    """qmail's scan_ulong: the leading decimal digits, 0 if none."""
+    digits = b""
+    for ch in text:
+        if not 48 <= ch <= 57:
+            break
+        digits += bytes([ch])
+    return int(digits) if digits else 0
+
+
+def parse_address(arg: bytes) -> tuple[bytes, bytes] | None:
+    """qmail's addrparse(): (address, text after its terminator); None if too long or unsafe."""
+    lt = arg.find(b"<")
+    if lt >= 0:
+        arg, terminator = arg[lt + 1:], 0x3E
+    else:   # RFC 821 violators: MAIL FROM: addr
+        colon = arg.find(b":")
+        arg, terminator = (arg[colon + 1:] if colon >= 0 else b"").lstrip(b" "), 0x20
+    if arg[:1] == b"@":     # source route @a,@b:
+        colon = arg.find(b":")
+        arg = arg[colon + 1:] if colon >= 0 else b""
+    out = bytearray()
+    escaped = quoted = False
+    rest = b""
+    for i, ch in enumerate(arg):
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == terminator and not quoted:
+            rest = arg[i + 1:]
+            break
+        elif ch == 0x5C:
+            escaped = True
+        elif ch == 0x22:
+            quoted = not quoted
+        else:
+            out.append(ch)
+        if len(out) > MAX_ADDR + 64:    # already hopeless: stop copying a megabyte
+            return None
+    if any(ch < 32 or ch == 127 for ch in out):
+        return None
+    return bytes(out), rest
+
+
+def parse_params(rest: bytes) -> dict[bytes, bytes]:
+    """ESMTP parameters after the address: ``KEY=value`` or ``KEY``, keys uppercased."""
+    params = {}
+    for word in rest.split(b" "):
+        if word:
+            key, _, value = word.partition(b"=")
+            params[key.upper()] = value
+    return params
+
+
+class Session:
+    """One SMTP dialogue."""
+
+    def __init__(self, conn: smtpio.Connection, cfg: Config) -> None:
+        self.conn, self.cfg = conn, cfg
+        self.socket = _is_socket(conn.rfd)
+        self.tls = False
+        self.reset_session()
+        self._own_ips: set[bytes] | None = None
+        self._checker = None
+
+    def reset_session(self) -> None:
+        """The state before any HELO (at start and after STARTTLS)."""
+        self.helo: bytes | None = None
+        self.esmtp = False           # replies carry enhanced status codes
+        self.sender: bytes | None = None
+        self.rcpts: list[bytes] = []
+        self.barf = False
+        self.utf8 = False
+        self.authed: bytes | None = None
+
+    # -- output ------------------------------------------------------------------
+
+    def reply(self, line: bytes, code: bytes = b"") -> None:
+        """Queue one reply line, with an enhanced status code after EHLO."""
+        if self.esmtp and line[:1] in b"245" and line[3:4] == b" ":
+            line = line[:4] + (code or _status_code(line)) + b" " + line[4:]
+        self.conn.put(line + b"\r\n")
+
+    # -- verbs ---------------------------------------------------------------------
+
+    def smtp_helo(self, arg: bytes) -> None:
+        self.conn.put(b"250 " + self.cfg.greeting + b"\r\n")
+        self.sender = None
+        self.helo = arg
+        self.esmtp = False
+
+    def smtp_ehlo(self, arg: bytes) -> None:
+        lines = [self.cfg.greeting, b"PIPELINING", b"8BITMIME"]
+        if self.cfg.databytes:
+            lines.append(b"SIZE %d" % self.cfg.databytes)
+        lines += [b"ENHANCEDSTATUSCODES", b"SMTPUTF8"]
+        if self.tls_offered():
+            lines.append(b"STARTTLS")
+        if self.auth_offered():
+            lines.append(b"AUTH LOGIN PLAIN")
+        for line in lines[:-1]:
+            self.conn.put(b"250-" + line + b"\r\n")
+        self.conn.put(b"250 " + lines[-1] + b"\r\n")
+        self.sender = None
+        self.helo = arg
+        self.esmtp = True
+
+    def smtp_rset(self, arg: bytes) -> None:
+        self.sender = None
+        self.reply(b"250 flushed")
+
+    def smtp_noop(self, arg: bytes) -> None:
+        self.reply(b"250 ok")
+
+    def smtp_vrfy(self, arg: bytes) -> None:
+        self.reply(b"252 send some mail, i'll try my best")
+
+    def smtp_help(self, arg: bytes) -> None:
+        self.reply(b"214 notqmail home page: https://notqmail.org")
+
+    def smtp_quit(self, arg: bytes) -> None:
+        self.reply(b"221 " + self.cfg.greeting)
+        raise Quit()
+
+    def smtp_unimpl(self, arg: bytes) -> None:
+        self.reply(b"502 unimplemented (#5.5.1)")
+
+    def smtp_mail(self, arg: bytes) -> None:
+        parsed = self.address(arg)
+        if parsed is None:
+            self.reply(b"555 syntax error (#5.5.4)")
+            return
+        address, rest = parsed
+        params = parse_params(rest)
+        size = params.get(b"SIZE", b"")
+        if self.cfg.databytes and size.isdigit() and int(size) > self.cfg.databytes:
+            self.reply(b"552 sorry, that message size exceeds my databytes limit (#5.3.4)")
+            return
+        self.barf = self.cfg.in_badmailfrom(address)
+        self.sender = address
+        self.rcpts = []
+        self.utf8 = b"SMTPUTF8" in params
+        self.reply(b"250 ok", b"2.1.0")
+
+    def smtp_rcpt(self, arg: bytes) -> None:
+        if self.sender is None:
+            self.reply(b"503 MAIL first (#5.5.1)")
+            return
+        parsed = self.address(arg)
+        if parsed is None:
+            self.reply(b"555 syntax error (#5.5.4)")
+            return
+        if self.barf:
+            self.reply(b"553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)")
+            return
+        address = parsed[0]
+        relay = self.relay()
+        if relay is None and not self.cfg.rcpthost_ok(address):
+            self.reply(b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
+            return
+        if self.cfg.rcptcheck and not self.recipient_known(address):
+            self.reply(b"550 sorry, no mailbox here by that name (#5.1.1)")
+            return
+        self.rcpts.append(address + (relay or b""))
+        self.reply(b"250 ok", b"2.1.5")
+
+    def smtp_data(self, arg: bytes) -> None:
+        if self.sender is None:
+            self.reply(b"503 MAIL first (#5.5.1)")
+            return
+        if not self.rcpts:
+            self.reply(b"503 RCPT first (#5.5.1)")
+            return
+        sender, self.sender = self.sender, None
+        try:
+            job = qmailq.QueueJob()
+        except OSError:
+            self.reply(b"451 qqt failure (#4.3.0)")
+            return
+        done = False
+        try:
+            self.reply(b"354 go ahead")
+            job.put(received.smtp_line(self.cfg.remotehost, self.helo, self.cfg.remoteinfo,
+                                       self.cfg.remoteip, self.cfg.localhost, self.protocol()))
+            try:
+                seen = smtpio.read_data(self.conn, job.put, self.cfg.databytes)
+            except StrayNewline:
+                raise Fatal(SMTPLF, b"4.6.0")
+            looping = seen.hops >= MAXHOPS
+            if looping or seen.bare_cr or seen.overflow:
+                job.fail()
+            qqx = job.close(sender, self.rcpts)
+            done = True
+        finally:
+            if not done:            # dropped, timed out or bare LF: queue nothing
+                job.fail()
+                job.close(sender, self.rcpts)
+        if not qqx:
+            self.reply(b"250 ok %d qp %d" % (int(time.time()), job.pid))
+        elif looping:
+            self.reply(b"554 too many hops, this message is looping (#5.4.6)")
+        elif seen.bare_cr:
+            self.reply(b"554 sorry, bare CR in message data is not allowed (#5.6.0)")
+        elif seen.overflow:
+            self.reply(b"552 sorry, that message size exceeds my databytes limit (#5.3.4)")
+        else:
+            self.reply((b"554 " if qqx[:1] == "D" else b"451 ") + qqx[1:].encode())
+
+    def smtp_starttls(self, arg: bytes) -> None:
+        if not self.tls_offered():
+            self.smtp_unimpl(arg)
+            return
+        try:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.cfg.servercert)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            _log(f"unable to load {SERVERCERT}: {e}")
+            self.reply(b"454 TLS not available due to temporary reason (#4.3.0)")
+            return
+        self.reply(b"220 ready for tls")
+        try:
+            self.conn.start_tls(context)
+        except Dropped as e:
+            _log(str(e))
+            raise
+        self.tls = True
+        self.reset_session()
+
+    def smtp_auth(self, arg: bytes) -> None:
+        if not self.auth_offered():
+            if self.cfg.checkpassword:
+                self.reply(b"538 encryption required for requested authentication mechanism"
+                           b" (#5.7.11)")
+            else:
+                self.smtp_unimpl(arg)
+            return
+        if self.authed is not None:
+            self.reply(b"503 you're already authenticated (#5.5.1)")
+            return
+        if self.sender is not None:
+            self.reply(b"503 no auth during mail transaction (#5.5.1)")
+            return
+        mechanism, _, initial = arg.partition(b" ")
+        mechanism, initial = mechanism.upper(), initial.strip(b" ")
+        try:
+            if mechanism == b"PLAIN":
+                fields = _b64(initial if initial else self.challenge(b"")).split(b"\0")
+                if len(fields) != 3:
+                    raise ValueError("PLAIN wants authzid NUL user NUL password")
+                user, password = fields[1], fields[2]
+            elif mechanism == b"LOGIN":
+                user = _b64(initial if initial else self.challenge(b"VXNlcm5hbWU6"))
+                password = _b64(self.challenge(b"UGFzc3dvcmQ6"))
+            else:
+                self.reply(b"504 auth type unimplemented (#5.5.4)")
+                return
+        except AuthCancelled:
+            self.reply(b"501 auth exchange cancelled (#5.0.0)")
+            return
+        except ValueError:
+            self.reply(b"501 malformed auth input (#5.5.2)")
+            return
+        if not user or len(user) + len(password) > AUTH_MAX or b"\0" in user + password:
+            self.reply(b"535 authorization failed (#5.7.8)")
+            return
+        from qpy import checkpassword
+        code = checkpassword.check(self.cfg.checkpassword, user, password)
+        if code == 0:
+            self.authed = user
+            self.reply(b"235 ok, go ahead (#2.7.0)")
+        elif code == checkpassword.TEMPORARY:
+            self.reply(b"454 temporary authentication failure (#4.7.0)")
+        else:
+            self.reply(b"535 authorization failed (#5.7.8)")
+
+    def challenge(self, text: bytes) -> bytes:
+        """Send a 334 challenge, return the client's answer; ``*`` cancels."""
+        self.conn.put(b"334 " + text + b"\r\n")
+        try:
+            line = self.conn.line(AUTH_LINE_MAX)
+        except LineTooLong as e:
+            if e.partial:
+                self.conn.skip_line()
+            raise ValueError("answer too long")
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line == b"*":
+            raise AuthCancelled()
+        return line
+
+    # -- helpers -----------------------------------------------------------------
+
+    def tls_offered(self) -> bool:
+        """STARTTLS is possible: a socket, not yet TLS, and a certificate installed."""
+        return self.socket and not self.tls and os.path.exists(self.cfg.servercert)
+
+    def auth_offered(self) -> bool:
+        """AUTH is advertised: a checkpassword program, and TLS or a loopback client."""
+        return bool(self.cfg.checkpassword) and (self.tls or _loopback(self.cfg.remoteip))
+
+    def relay(self) -> bytes | None:
+        """RELAYCLIENT's value, or b"" after a successful AUTH; None: check rcpthosts."""
+        if self.cfg.relayclient is not None:
+            return self.cfg.relayclient
+        return b"" if self.authed is not None else None
+
+    def protocol(self) -> bytes:
+        """The ``with`` word of the Received line (RFC 3848 / RFC 6531)."""
+        suffix = (b"S" if self.tls else b"") + (b"A" if self.authed is not None else b"")
+        if self.utf8:
+            return b"UTF8SMTP" + suffix
+        return b"ESMTP" + suffix if suffix else b"SMTP"
+
+    def address(self, arg: bytes) -> tuple[bytes, bytes] | None:
+        """Parse a MAIL/RCPT argument; map own-IP literals to localiphost; None = 555."""
+        parsed = parse_address(arg)
+        if parsed is None:
+            return None
+        address, rest = parsed
+        at = address.rfind(b"@")
+        if (self.cfg.localiphost is not None and at >= 0 and address[at + 1:at + 2] == b"["
+                and address.endswith(b"]") and self.own_ip(address[at + 2:-1])):
+            address = address[:at + 1] + self.cfg.localiphost
+        if len(address) > MAX_ADDR:
+            return None
+        return address, rest
+
+    def own_ip(self, literal: bytes) -> bool:
+        """True if ``a.b.c.d`` or ``IPv6:…`` is one of this host's addresses."""
+        import socket
+        try:
+            if literal[:5].lower() == b"ipv6:":
+                packed = socket.inet_pton(socket.AF_INET6, literal[5:].decode("ascii"))
+                if packed[:12] == b"\0" * 10 + b"\xff\xff":
+                    packed = packed[12:]
+            else:
+                packed = socket.inet_pton(socket.AF_INET, literal.decode("ascii"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        if self._own_ips is None:
+            from qpy import mx
+            try:
+                texts = mx.own_ips()
+            except QmailError:
+                raise Fatal(b"421 unable to figure out my IP addresses (#4.3.0)")
+            if self.cfg.localip is not None:
+                texts.add(os.fsdecode(self.cfg.localip))
+            self._own_ips = set()
+            for text in texts:
+                try:
+                    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+                    self._own_ips.add(socket.inet_pton(family, text))
+                except OSError:
+                    pass
+        return packed in self._own_ips
+
+    def recipient_known(self, address: bytes) -> bool:
+        """control/rcptcheck: False only for a local address certain to have no mailbox."""
+        if self._checker is None:
+            from qpy import rcptcheck     # only when control/rcptcheck switches it on
+            self._checker = rcptcheck.RecipientCheck.from_control()
+        return self._checker.check(address)
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Greet, then answer commands until QUIT or the end; return the exit code."""
+        try:
+            self.conn.put(b"220 " + self.cfg.greeting + b" ESMTP\r\n")
+            self.commands()
+        except Quit:
+            code = 0
+        except Fatal as e:
+            self.reply(e.line, e.code)
+            code = 1
+        except Timeout:
+            self.reply(b"451 timeout (#4.4.2)")
+            code = 1
+        except Dropped:
+            return 1
+        except MemoryError:
+            self.reply(b"421 out of memory (#4.3.0)")
+            code = 1
+        try:
+            self.conn.flush()
+        except Dropped:
+            return 1
+        return code
+
+    def commands(self) -> None:
+        """Read and dispatch command lines until an exception ends the session."""
+        while True:
+            try:
+                line = self.conn.line()
+            except LineTooLong as e:
+                self.reply(b"500 sorry, line too long (#5.5.2)")
+                if e.partial:
+                    self.conn.skip_line()
+                continue
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            verb, _, arg = line.partition(b" ")
+            name, flush = COMMANDS.get(verb.lower(), ("unimpl", True))
+            getattr(self, "smtp_" + name)(arg.lstrip(b" "))
+            if flush:
+                self.conn.flush()
+
+
+# verb → (handler, flush after it); replies to the others wait for the next read.
+COMMANDS: dict[bytes, tuple[str, bool]] = {
+    b"rcpt": ("rcpt", False),
+    b"mail": ("mail", False),
+    b"data": ("data", True),
+    b"quit": ("quit", True),
+    b"helo": ("helo", True),
+    b"ehlo": ("ehlo", True),
+    b"rset": ("rset", False),
+    b"help": ("help", True),
+    b"noop": ("noop", True),
+    b"vrfy": ("vrfy", True),
+    b"starttls": ("starttls", True),
+    b"auth": ("auth", True),
+}
+
+
+def _status_code(line: bytes) -> bytes:
+    """The enhanced code of a qmail reply: its ``(#x.y.z)``, else x.0.0 (x = class)."""
+    start = line.rfind(b"(#")
+    if start >= 0 and line.endswith(b")"):
+        code = line[start + 2:-1]
+        parts = code.split(b".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            return line[:1] + code[1:]
+    return line[:1] + b".0.0"
+
+
+def _b64(text: bytes) -> bytes:
+    """Decode one SASL answer (``=`` alone is the empty string); ValueError if malformed."""
+    import binascii
+    if text == b"=":
+        return b""
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error as e:
+        raise ValueError(str(e)) from e
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _loopback(ip: bytes) -> bool:
+    return ip.startswith(b"127.") or ip == b"::1"
+
+
+def _log(text: str) -> None:
+    """One line on fd 2 (tcpserver's log)."""
+    try:
+        os.write(2, f"qmail-smtpd: {text}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _become_qmaild() -> None:
+    """Root on a privileged instance: become qmaild/nofiles before reading the network."""
+    if os.geteuid() != 0:
+        return
+    from qpy import prot
+    if not prot.privileged():
+        return
+    acct = prot.account(auto.QMAILD, True)
+    gid = prot.lookup_group(auto.GROUP_NOFILES)
+    prot.drop_to(acct.uid, acct.gid if gid is None else gid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one SMTP session on fd 0/fd 1."""
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    conn = smtpio.Connection(0, 1)
+    try:
+        os.chdir(auto.home())
+        _become_qmaild()
+        cfg = Config(os.environ)
+    except (OSError, QmailError, Fatal) as e:
+        if not isinstance(e, Fatal):
+            _log(f"unable to read controls: {e}")
+        conn.put(CONTROLS + b"\r\n")
+        try:
+            conn.flush()
+        except Dropped:
+            pass
+        return 1
+    conn.timeout = cfg.timeout
+    try:
+        return Session(conn, cfg).run()
+    except Exception as e:      # a bug: one log line, a 421, never a traceback
+        _log(f"fatal: internal error: {e!r}")
+        conn.put(b"421 internal error (#4.3.0)\r\n")
+        try:
+            conn.flush()
+        except Dropped:
+            pass
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,42 @@
+"""control/rcpthosts and control/morercpthosts.cdb: which recipient domains a server accepts.
+
+qmail's rcpthosts.c: without control/rcpthosts every address is accepted (and
+morercpthosts.cdb is not consulted); an address without ``@`` is accepted; else
+the lowercased domain, or any suffix of it starting at a ``.``, must be listed in
+rcpthosts or be a key of morercpthosts.cdb (keys lowercased by qmail-newmrh).
+"""
+from __future__ import annotations
+
+from qpy import cdb, control
+
+
+class RcptHosts:
+    """The two tables, read once (per connection, as qmail does)."""
+
+    def __init__(self) -> None:
+        lines = control.read_list("rcpthosts")
+        self.domains = None if lines is None else control.DomainSet(lines)
+        self.more = None
+        if self.domains is not None:
+            self.more = cdb.open_table(control.control_path("morercpthosts.cdb"))
+
+    def accepts(self, address: bytes) -> bool:
+        """True if a server may take mail for ``address``.  Raises CdbError."""
+        if self.domains is None:
+            return True
+        at = address.rfind(b"@")
+        if at < 0:
+            return True
+        domain = address[at + 1:].lower()
+        if self.domains.matches_suffix(domain):
+            return True
+        if self.more is not None:
+            for i in range(len(domain)):
+                if (i == 0 or domain[i] == 0x2E) and self.more.get(domain[i:]) is not None:
+                    return True
+        return False
+
+    def close(self) -> None:
+        """Release the cdb."""
+        if self.more is not None:
+            self.more.close()

@@ -1,0 +1,342 @@
+"""The spawner driver shared by qmail-lspawn and qmail-rspawn (qmail's spawn.c).
+
+PROTOCOL (protocols.md §2), on the spawner's fds:
+
+- at start, fd 1 gets one byte: the slot limit (auto.SPAWN_LIMIT = 120);
+- fd 0 carries commands ``<slot:1 byte><split>/<inode>\\0<sender>\\0<recipient>\\0``
+  (read non-blocking and buffered; the slot byte may itself be NUL);
+- fd 1 gets one report per command, in any order: ``<slot><K|Z|D><text>\\0``.
+
+Per command the driver checks, answering without starting anything:
+slot ≥ limit → ``ZInternal error: delnum too big. (#4.3.5)``; slot busy →
+``ZInternal error: delnum in use. (#4.3.5)``; message path not digits and ``/``
+(or starting with ``/``) → ``DInternal error: messid has nonnumerics. (#5.3.5)``;
+path of 100 bytes or more → ``… messid too long``; empty → ``… messid too short``;
+recipient without ``@`` → ``DSorry, address must include host name. (#5.1.3)``;
+the message (a path relative to queue/mess, the cwd) unopenable, not a regular
+file, or not owned by the owner of the queue directory → ``Z…`` (#4.3.0 /
+#4.3.5); pipe or fork failure → ``Z… (#4.3.0)``.  Then it forks one child per
+command and, once the child's output hit EOF and the child was reaped, writes
+the report the hooks make of it.  It exits 0 when fd 0 is at EOF and no child
+is left; a report that cannot be written is dropped (qmail-send, gone, retries).
+
+HOOK API.  A spawner program subclasses ``Hooks`` and calls ``run(hooks)`` after
+``enter_queue()``:
+
+``Hooks.child(self, sender: bytes, recipient: bytes, at: int) -> int``
+    Runs in the forked child.  fd 0 = the message file (regular, seekable,
+    offset 0), fds 1 and 2 = the report pipe, every other fd closed, signal
+    dispositions at their defaults, cwd still queue/mess.  ``at`` is the index of
+    the recipient's last ``@``.  Returns the child's exit code (or execs).  An
+    exception escaping it becomes exit ``Hooks.crash_code``.
+``Hooks.report(self, status: int, output: bytes) -> bytes``
+    Runs in the parent.  ``status`` = the child's exit code, or -signal if it
+    was killed; ``output`` = what it wrote on fds 1/2 (capped, see below).
+    Returns ``b"K…"``, ``b"Z…"`` or ``b"D…"``, without slot byte or NUL (the
+    driver cuts the text at a NUL, if any).
+``Hooks.truncreport: int``
+    qmail's truncreport.  > 100: output longer than this is cut to
+    ``truncreport - 34`` bytes plus ``\\nError report too long, sorry.\\n``
+    (qmail-lspawn: 3000).  0: kept as is up to MAX_OUTPUT bytes, the rest is
+    read and dropped (qmail-rspawn).
+``Hooks.crash_code: int`` — exit code of a child whose hook raised (default 111).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import stat
+
+from qpy import auto, warm
+from qpy.errors import TempFail
+
+MAX_OUTPUT = 65536
+TRUNCMESS = b"\nError report too long, sorry.\n"
+READ_CHUNK = 65536
+MAX_MESSID = 100   # bytes including the NUL, as spawn.c counts
+
+
+class Hooks:
+    """Base class of a spawner's program-specific part (see the module docstring)."""
+
+    truncreport = 0
+    crash_code = 111
+
+    def child(self, sender: bytes, recipient: bytes, at: int) -> int:
+        """Run one delivery in the forked child; return its exit code."""
+        raise NotImplementedError
+
+    def report(self, status: int, output: bytes) -> bytes:
+        """Turn a finished child into ``K…``/``Z…``/``D…``."""
+        raise NotImplementedError
+
+
+class Delivery:
+    """One running child: its pid, the read end of its output pipe, what it wrote."""
+
+    __slots__ = ("pid", "fd", "output", "status", "eof")
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self.fd = fd
+        self.output = bytearray()
+        self.status: int | None = None
+        self.eof = False
+
+
+def enter_queue() -> None:
+    """chdir to QMAILHOME/queue/mess, where message paths are relative to."""
+    try:
+        os.chdir(auto.home())
+        os.chdir("queue/mess")
+    except OSError as e:
+        raise TempFail(f"unable to switch to the queue: {e.strerror}. (#4.3.0)") from e
+
+
+def check_messid(messid: bytes) -> bytes | None:
+    """spawn.c's messid checks: the D report for a bad path, or None if it is fine."""
+    for i, ch in enumerate(messid):
+        if (i == 0 or ch != 0x2F) and not 0x30 <= ch <= 0x39:
+            return b"DInternal error: messid has nonnumerics. (#5.3.5)\n"
+    if len(messid) + 1 > MAX_MESSID:
+        return b"DInternal error: messid too long. (#5.3.5)\n"
+    if not messid:
+        return b"DInternal error: messid too short. (#5.3.5)\n"
+    return None
+
+
+def _noop(signum: int, frame: object) -> None:
+    """SIGCHLD handler: its only job is to make the wakeup fd readable."""
+
+
+class Spawner:
+    """The slot table and the select loop."""
+
+    def __init__(self, hooks: Hooks, fdin: int = 0, fdout: int = 1,
+                 limit: int = auto.SPAWN_LIMIT, owner: int | None = None) -> None:
+        self.hooks = hooks
+        self.fdin, self.fdout = fdin, fdout
+        self.limit = limit
+        self.owner = owner if owner is not None else os.stat("..").st_uid
+        self.slots: dict[int, Delivery] = {}
+        self.buf = bytearray()
+        self.reading = True
+        self.writing = True
+
+    # -- output to qmail-send -------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Write all of ``data`` to fd 1; after a failure stop writing (spawn.c's okwrite)."""
+        view = memoryview(data)
+        while view and self.writing:
+            try:
+                view = view[os.write(self.fdout, view):]
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                select.select([], [self.fdout], [])
+            except OSError:
+                self.writing = False
+
+    def err(self, slot: int, text: bytes) -> None:
+        """Report for a command that started nothing."""
+        self._write(bytes([slot]) + text + b"\0")
+
+    # -- commands -------------------------------------------------------------
+
+    def read_commands(self) -> None:
+        """Read what fd 0 has; run every complete command."""
+        try:
+            data = os.read(self.fdin, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.reading = False
+            return
+        if not data:
+            self.reading = False
+            return
+        self.buf += data
+        buf = self.buf
+        while buf:
+            n1 = buf.find(b"\0", 1)
+            n2 = buf.find(b"\0", n1 + 1) if n1 != -1 else -1
+            n3 = buf.find(b"\0", n2 + 1) if n2 != -1 else -1
+            if n3 == -1:
+                break
+            slot, messid = buf[0], bytes(buf[1:n1])
+            sender, recipient = bytes(buf[n1 + 1:n2]), bytes(buf[n2 + 1:n3])
+            del buf[:n3 + 1]
+            self.command(slot, messid, sender, recipient)
+
+    def command(self, slot: int, messid: bytes, sender: bytes, recipient: bytes) -> None:
+        """Check one command and start its child (spawn.c's docmd)."""
+        if slot >= self.limit:
+            return self.err(slot, b"ZInternal error: delnum too big. (#4.3.5)\n")
+        if slot in self.slots:
+            return self.err(slot, b"ZInternal error: delnum in use. (#4.3.5)\n")
+        bad = check_messid(messid)
+        if bad:
+            return self.err(slot, bad)
+        at = recipient.rfind(b"@")
+        if at == -1:
+            return self.err(slot, b"DSorry, address must include host name. (#5.1.3)\n")
+        try:
+            fd = os.open(messid, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            return self.err(slot, b"Zqmail-spawn unable to open message. (#4.3.0)\n")
+        try:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                return self.err(slot, b"Zqmail-spawn unable to fstat message. (#4.3.0)\n")
+            if not stat.S_ISREG(st.st_mode):
+                return self.err(slot, b"ZSorry, message has wrong type. (#4.3.5)\n")
+            if st.st_uid != self.owner:
+                return self.err(slot, b"ZSorry, message has wrong owner. (#4.3.5)\n")
+            try:
+                r, w = os.pipe()
+            except OSError:
+                return self.err(slot, b"Zqmail-spawn unable to create pipe. (#4.3.0)\n")
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(r)
+                os.close(w)
+                return self.err(slot, b"Zqmail-spawn unable to fork. (#4.3.0)\n")
+            if pid == 0:
+                self._child(fd, w, sender, recipient, at)
+            os.close(w)
+            os.set_blocking(r, False)
+            self.slots[slot] = Delivery(pid, r)
+        finally:
+            os.close(fd)
+
+    def _child(self, msgfd: int, outfd: int, sender: bytes, recipient: bytes, at: int) -> None:
+        """In the forked child: place the fds, run the hook, never return."""
+        code = self.hooks.crash_code
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
+                        signal.SIGALRM, signal.SIGINT, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            warm.place_fds({0: msgfd, 1: outfd, 2: outfd}, keep=())
+            flags = fcntl.fcntl(0, fcntl.F_GETFL)
+            fcntl.fcntl(0, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+            code = self.hooks.child(sender, recipient, at)
+        except BaseException:
+            pass
+        warm.child_exit(code)
+
+    # -- children -------------------------------------------------------------
+
+    def read_output(self, slot: int, d: Delivery) -> None:
+        """Collect a child's output; note EOF."""
+        try:
+            data = os.read(d.fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            d.eof = True
+            os.close(d.fd)
+            d.fd = -1
+            return
+        trunc = self.hooks.truncreport
+        if trunc > 100:
+            d.output += data
+            if len(d.output) > trunc:
+                del d.output[trunc - len(TRUNCMESS) - 3:]
+                d.output += TRUNCMESS
+        elif len(d.output) < MAX_OUTPUT:
+            d.output += data[:MAX_OUTPUT - len(d.output)]
+
+    def reap(self) -> None:
+        """Collect the exit status of every child that has ended."""
+        while True:
+            try:
+                pid, wstat = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            for d in self.slots.values():
+                if d.pid == pid:
+                    d.status = os.waitstatus_to_exitcode(wstat)
+                    break
+
+    def finish(self) -> None:
+        """Report every delivery whose output ended and whose child was reaped."""
+        for slot in [s for s, d in self.slots.items() if d.eof and d.status is not None]:
+            d = self.slots.pop(slot)
+            assert d.status is not None
+            text = self.hooks.report(d.status, bytes(d.output))
+            nul = text.find(b"\0")
+            if nul != -1:
+                text = text[:nul]
+            self._write(bytes([slot]) + text + b"\0")
+
+    def loop(self) -> int:
+        """Serve commands until fd 0 is at EOF and every child is reported; return 0."""
+        self._write(bytes([self.limit]))
+        try:
+            os.set_blocking(self.fdin, False)
+        except OSError:
+            self.reading = False
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        old_chld = signal.signal(signal.SIGCHLD, _noop)
+        try:
+            while True:
+                self.reap()
+                self.finish()
+                if not self.reading and not self.slots:
+                    return 0
+                poller = select.poll()
+                poller.register(wake_r, select.POLLIN)
+                if self.reading:
+                    poller.register(self.fdin, select.POLLIN)
+                byfd = {}
+                for slot, d in self.slots.items():
+                    if not d.eof:
+                        poller.register(d.fd, select.POLLIN)
+                        byfd[d.fd] = slot
+                for fd, _ in poller.poll():
+                    if fd == wake_r:
+                        _drain(wake_r)
+                    elif fd == self.fdin:
+                        self.read_commands()
+                    elif fd in byfd:
+                        slot = byfd[fd]
+                        self.read_output(slot, self.slots[slot])
+        finally:
+            signal.signal(signal.SIGCHLD, old_chld)
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(wake_r)
+            os.close(wake_w)
+
+
+def _drain(fd: int) -> None:
+    """Empty the wakeup pipe."""
+    while True:
+        try:
+            if not os.read(fd, 512):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                return
+
+
+def run(hooks: Hooks, fdin: int = 0, fdout: int = 1, limit: int = auto.SPAWN_LIMIT) -> int:
+    """Run the spawner loop with ``hooks`` in the current directory (queue/mess)."""
+    return Spawner(hooks, fdin, fdout, limit).loop()

@@ -1,0 +1,109 @@
+"""`qpy run` as a user starts it: a subprocess on an ephemeral port, mail in, Ctrl-C out."""
+from __future__ import annotations
+
+import mailbox
+import os
+import re
+import select
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CODE = "import sys; from qpy.programs.qpy import main; sys.exit(main(sys.argv[1:]))"
+
+
+class QpyRun:
+    """A running ``qpy run`` with its output collected."""
+
+    def __init__(self, home: Path, *extra: str) -> None:
+        env = dict(os.environ)
+        env.pop("QMAILHOME", None)
+        self.proc = subprocess.Popen([sys.executable, "-c", CODE, "run", "--home", str(home),
+                                      "--port", "0", "--user", "alice", *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        self.output = b""
+        m = self.wait_for(rb"qpy: SMTP on 127\.0\.0\.1:(\d+)")
+        self.port = int(m.group(1))
+
+    def wait_for(self, pattern: bytes, timeout: float = 30) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.output)
+            if m:
+                return m
+            left = deadline - time.monotonic()
+            assert left > 0, f"timeout waiting for {pattern!r}; output:\n{self.output.decode()}"
+            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.5))
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                assert chunk or self.proc.poll() is None, self.output.decode()
+                self.output += chunk
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            rest, _ = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.output += rest
+        return self.proc.returncode
+
+
+def send(port: int, n: int, tag: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        for i in range(n):
+            s.sendmail("sender@example.test", ["alice@localhost"],
+                       f"Subject: {tag} {i}\r\n\r\nbody {tag} {i}\r\n".encode())
+
+
+def subjects(home: Path) -> list[str]:
+    box = mailbox.Maildir(str(home / "users" / "alice" / "Maildir"), factory=None, create=False)
+    return sorted(m["Subject"] for m in box)
+
+
+def wait_subjects(home: Path, count: int, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = subjects(home)
+        if len(got) >= count:
+            return got
+        time.sleep(0.1)
+    return subjects(home)
+
+
+def test_run_accepts_smtp_and_delivers_to_the_users_maildir(tmp_path):
+    home = tmp_path / "qpy-home"
+    run = QpyRun(home)
+    try:
+        assert b"mail for alice@localhost is delivered to" in run.output
+        send(run.port, 3, "hello")
+        assert wait_subjects(home, 3) == ["hello 0", "hello 1", "hello 2"]
+        msg = next(iter(mailbox.Maildir(str(home / "users" / "alice" / "Maildir"), create=False)))
+        assert msg["Return-Path"] == "<sender@example.test>"
+        assert msg["Delivered-To"] == "alice@localhost"
+        run.wait_for(rb"delivery \d+: success")
+    finally:
+        code = run.stop()
+    assert code == 0
+    assert b"send: status: exiting" in run.output
+    assert b"delivery 1: success" in (home / "log" / "current").read_bytes()
+
+
+def test_sigint_right_after_accepting_loses_nothing(tmp_path):
+    home = tmp_path / "qpy-home"
+    run = QpyRun(home)
+    send(run.port, 20, "burst")
+    assert run.stop() == 0          # every 250 above means the message is on disk
+    again = QpyRun(home)            # a restart delivers whatever was still queued
+    try:
+        got = wait_subjects(home, 20)
+    finally:
+        assert again.stop() == 0
+    assert got == sorted(f"burst {i}" for i in range(20))
+    status = subprocess.run([sys.executable, "-c", CODE, "status", "--home", str(home)],
+                            capture_output=True).stdout
+    assert b"messages in queue: 0" in status and b"qmail-send: not running" in status

@@ -1,0 +1,215 @@
+"""qpy.spawn: the spawner driver, run as a real process with test hooks on real pipes."""
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import need_root
+from qpy import qmailq, queuedir
+
+HOOKS = r'''
+import os, sys
+from qpy import spawn
+
+class Hooks(spawn.Hooks):
+    truncreport = int(os.environ.get("TRUNC", "0"))
+    crash_code = 77
+
+    def child(self, sender, recipient, at):
+        mode = recipient[:at]
+        if mode == b"big":
+            os.write(1, b"x" * 5000)
+            return 0
+        if mode == b"crash":
+            os.kill(os.getpid(), 9)
+        if mode == b"raise":
+            raise RuntimeError("boom")
+        if mode == b"nul":
+            os.write(1, b"a\0b")
+            return 0
+        if mode.startswith(b"fifo="):
+            with open(mode[5:], "rb") as f:
+                f.read()
+        head = os.read(0, 9)
+        os.lseek(0, 0, 0)
+        again = os.read(0, 9)
+        os.write(1, b"%s|%s|%s|%s|" % (sender, recipient, head, b"seekable" if head == again else b"no"))
+        os.write(2, b"stderr")
+        extra = [fd for fd in os.listdir("/proc/self/fd") if int(fd) > 2]
+        os.write(1, b"|fds=%d" % (len(extra) - 1))   # minus the fd listdir itself holds
+        return 3
+
+    def report(self, status, output):
+        return b"K%d:" % status + output
+
+os.chdir(sys.argv[1])
+sys.exit(spawn.run(Hooks()))
+'''
+
+
+def queued(home: Path, body: bytes = b"Subject: x\n\nhello\n") -> bytes:
+    """Queue a message with the real qmail-queue; return its path relative to queue/mess."""
+    before = set(queuedir.scan_flat(str(home / "queue"), "todo"))
+    assert qmailq.queue_message(body, b"s@example.org", [b"r@example.org"]) == ""
+    (msgid,) = set(queuedir.scan_flat(str(home / "queue"), "todo")) - before
+    return queuedir.mess_rel(msgid).encode()
+
+
+def cmd(slot: int, messid: bytes, sender: bytes, recipient: bytes) -> bytes:
+    return bytes([slot]) + messid + b"\0" + sender + b"\0" + recipient + b"\0"
+
+
+def parse(data: bytes) -> list[tuple[int, bytes]]:
+    """Split the report stream (after the limit byte) into (slot, text) records."""
+    out = []
+    i = 0
+    while i < len(data):
+        j = data.index(b"\0", i + 1)
+        out.append((data[i], data[i + 1:j]))
+        i = j + 1
+    return out
+
+
+def start(home: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", HOOKS, str(home / "queue" / "mess")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, **(env or {})))
+
+
+def run_all(home: Path, commands: bytes, env: dict[str, str] | None = None) -> tuple[int, bytes, list]:
+    p = start(home, env)
+    out, err = p.communicate(commands, timeout=30)
+    assert err == b""
+    return p.returncode, out, parse(out[1:])
+
+
+def read_record(p: subprocess.Popen, buf: bytearray, timeout: float = 20) -> tuple[int, bytes]:
+    """Read one report from a running spawner (buf holds leftovers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if len(buf) >= 2:
+            j = buf.find(b"\0", 1)
+            if j != -1:
+                rec = (buf[0], bytes(buf[1:j]))
+                del buf[:j + 1]
+                return rec
+        left = deadline - time.monotonic()
+        assert left > 0, "no report"
+        r, _, _ = select.select([p.stdout], [], [], left)
+        if r:
+            chunk = os.read(p.stdout.fileno(), 4096)
+            assert chunk, "spawner closed its output"
+            buf += chunk
+
+
+def test_limit_byte_then_one_report_per_command_and_exit_0(home):
+    m = queued(home)
+    code, out, reports = run_all(home, cmd(0, m, b"a@b", b"plain@c") + cmd(7, m, b"", b"plain@d"))
+    assert code == 0
+    assert out[0] == 120
+    assert sorted(reports) == [
+        (0, b"K3:a@b|plain@c|Received:|seekable|stderr|fds=0"),
+        (7, b"K3:|plain@d|Received:|seekable|stderr|fds=0")]
+
+
+def test_commands_split_across_writes_and_slot_byte_nul(home):
+    m = queued(home)
+    p = start(home)
+    for byte in cmd(0, m, b"x@y", b"plain@z"):
+        p.stdin.write(bytes([byte]))
+        p.stdin.flush()
+    out, _ = p.communicate(timeout=30)
+    assert parse(out[1:]) == [(0, b"K3:x@y|plain@z|Received:|seekable|stderr|fds=0")]
+
+
+def test_requests_answered_without_running_anything(home):
+    m = queued(home)
+    commands = (cmd(120, m, b"", b"plain@x")          # slot == limit
+                + cmd(255, m, b"", b"plain@x")
+                + cmd(1, b"1/a", b"", b"plain@x")
+                + cmd(2, b"/1/2", b"", b"plain@x")
+                + cmd(3, b"1/../2", b"", b"plain@x")
+                + cmd(4, b"1" * 100, b"", b"plain@x")
+                + cmd(5, b"", b"", b"plain@x")
+                + cmd(10, b"1" * 99, b"", b"plain@x")           # 99 digits are not too long
+                + cmd(6, m, b"", b"no-at-sign")
+                + cmd(8, b"22/999999999", b"", b"plain@x")   # no such message
+                + cmd(9, b"0", b"", b"plain@x"))              # a directory
+    code, _, reports = run_all(home, commands)
+    assert code == 0
+    assert reports == [
+        (120, b"ZInternal error: delnum too big. (#4.3.5)\n"),
+        (255, b"ZInternal error: delnum too big. (#4.3.5)\n"),
+        (1, b"DInternal error: messid has nonnumerics. (#5.3.5)\n"),
+        (2, b"DInternal error: messid has nonnumerics. (#5.3.5)\n"),
+        (3, b"DInternal error: messid has nonnumerics. (#5.3.5)\n"),
+        (4, b"DInternal error: messid too long. (#5.3.5)\n"),
+        (5, b"DInternal error: messid too short. (#5.3.5)\n"),
+        (10, b"Zqmail-spawn unable to open message. (#4.3.0)\n"),
+        (6, b"DSorry, address must include host name. (#5.1.3)\n"),
+        (8, b"Zqmail-spawn unable to open message. (#4.3.0)\n"),
+        (9, b"ZSorry, message has wrong type. (#4.3.5)\n")]
+
+
+def test_message_not_owned_by_the_queue_owner_is_refused(home):
+    need_root()
+    m = queued(home)
+    os.chown(home / "queue" / "mess" / m.decode(), 65534, -1)
+    _, _, reports = run_all(home, cmd(0, m, b"", b"plain@x"))
+    assert reports == [(0, b"ZSorry, message has wrong owner. (#4.3.5)\n")]
+
+
+def test_busy_slot_and_reports_in_completion_order(home, tmp_path):
+    m = queued(home)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    p = start(home)
+    buf = bytearray()
+    p.stdin.write(cmd(4, m, b"", b"fifo=" + str(fifo).encode() + b"@x"))
+    p.stdin.flush()
+    assert os.read(p.stdout.fileno(), 1) == bytes([120])
+    p.stdin.write(cmd(4, m, b"", b"plain@x") + cmd(5, m, b"", b"plain@y"))
+    p.stdin.flush()
+    first = {read_record(p, buf), read_record(p, buf)}
+    assert first == {(4, b"ZInternal error: delnum in use. (#4.3.5)\n"),
+                     (5, b"K3:|plain@y|Received:|seekable|stderr|fds=0")}
+    p.stdin.close()                  # EOF: the spawner must still wait for slot 4
+    with open(fifo, "wb") as f:
+        f.write(b"go")
+    assert read_record(p, buf)[0] == 4
+    assert p.wait(timeout=20) == 0
+
+
+def test_truncated_output_crash_exception_and_nul(home):
+    m = queued(home)
+    commands = (cmd(0, m, b"", b"big@x") + cmd(1, m, b"", b"crash@x") + cmd(2, m, b"", b"raise@x")
+                + cmd(3, m, b"", b"nul@x"))
+    _, _, reports = run_all(home, commands, {"TRUNC": "3000"})
+    got = dict(reports)
+    assert got[0] == b"K0:" + b"x" * 2966 + b"\nError report too long, sorry.\n"
+    assert got[1] == b"K-9:"
+    assert got[2] == b"K77:"
+    assert got[3] == b"K0:a"      # the driver cuts a report at a NUL
+
+
+def test_untruncated_output_kept(home):
+    m = queued(home)
+    _, _, reports = run_all(home, cmd(0, m, b"", b"big@x"))
+    assert reports == [(0, b"K0:" + b"x" * 5000)]
+
+
+def test_eof_without_commands_exits_0_after_the_limit_byte(home):
+    code, out, reports = run_all(home, b"")
+    assert (code, out, reports) == (0, bytes([120]), [])
+
+
+@pytest.mark.parametrize("junk", [b"\x05", b"\x05" + b"1/2\0", b"\x05" + b"1/2\0s\0"])
+def test_incomplete_command_at_eof_is_dropped(home, junk):
+    code, out, _ = run_all(home, junk)
+    assert (code, out) == (0, bytes([120]))
