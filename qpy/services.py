@@ -27,8 +27,10 @@ def run_scripts(home: str, me: str, defaultdelivery: str, smtp_host: str, smtp_p
             f"exec {env} {q(bin_)}/tcpserver -v -R -l {q(me)} -x {q(home)}/control/tcp.smtp.cdb -X"
             f" -c 20 -u \"$uid\" -g \"$gid\" {q(smtp_host)} {smtp_port} qmail-smtpd 2>&1\n"),
     }
-    if "qmail-queued" in programs:
-        scripts["qmail-queued"] = f"exec {env} {q(bin_)}/qmail-queued 2>&1\n"
+    # Privileged mode: callers who are not qmailq queue through these two (SECURITY.md).
+    for name in ("qmail-queued", "qmail-pickup"):
+        if name in programs:
+            scripts[name] = f"exec {env} {q(bin_)}/{name} 2>&1\n"
     return scripts
 
 
