@@ -162,12 +162,12 @@ def smtp_load(server, n: int, size: int, sessions: int) -> dict:
     return result
 
 
-def idle_sessions(server, count: int = 50) -> float:
-    """PSS added per idle SMTP session, in KB."""
+def idle_sessions(server, count: int = 30) -> float:
+    """PSS added per idle SMTP session, in KB (fewer sessions than tcpserver's -c 40 limit)."""
     before = pss_kb(server.root_pid)
     socks = []
     for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", server.port))
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         s.recv(512)
         socks.append(s)
     time.sleep(1.0)

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if not external:
         try:
             warm.preload("qmail-remote")
+            from qpy import mx
+            mx.warm_up()  # dnspython once here, not in every forked qmail-remote
         except ImportError:
             pass
     return spawn.run(RemoteHooks(external))
