@@ -118,3 +118,7 @@ def local_letter(code: int) -> str:
     if code in (111, 71, 74, 75):
         return "Z"
     return "D"
+
+
+# Exit codes of a .qmail ``|program`` that mean a permanent failure (qmail-local).
+PERM_PROGRAM = frozenset({64, 65, 70, 76, 77, 78, 100, 112})

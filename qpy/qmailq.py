@@ -137,3 +137,24 @@ def queue_message(message: bytes, sender: bytes, recipients: list[bytes]) -> str
     job = QueueJob()
     job.put(message)
     return job.close(sender, recipients)
+
+
+def queue_fd(fd: int, sender: bytes, recipients: list[bytes], head: bytes = b"") -> tuple[str, int]:
+    """Queue ``head`` + everything readable from ``fd``; return (qmail_close text, qp).
+
+    A read error on ``fd`` kills the queue program (nothing is queued) and raises OSError.
+    """
+    job = QueueJob()
+    if head:
+        job.put(head)
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        except OSError:
+            job.abort()
+            raise
+        if not data:
+            return job.close(sender, recipients), job.pid
+        job.put(data)

@@ -29,10 +29,9 @@ import sys
 
 from qpy import aliases, child, qmailq
 from qpy.errors import QmailError
+from qpy.exitcodes import PERM_PROGRAM
 
 USAGE = "dot-forward: usage: dot-forward [ -nN ] file ..."
-PERM_PROGRAM_CODES = frozenset((64, 65, 70, 76, 77, 78, 100, 112))
-CHUNK = 65536
 
 
 class Exit(Exception):
@@ -100,7 +99,7 @@ class DotForward:
             code = child.wait(pid)
         except child.Crashed:
             raise fatal(111, "child crashed")
-        if code in PERM_PROGRAM_CODES:
+        if code in PERM_PROGRAM:
             raise Exit(100)
         if code:
             raise Exit(111)
@@ -182,25 +181,12 @@ class DotForward:
     def forward(self, targets: list[bytes]) -> None:
         """Queue DTLINE + the message to the targets with sender NEWSENDER."""
         try:
-            job = qmailq.QueueJob()
+            result, qp = qmailq.queue_fd(0, self.sender, targets, self.lines[b"DTLINE"])
         except OSError as e:
-            raise fatal(111, f"unable to run qmail-queue: {e.strerror}")
-        job.put(self.lines[b"DTLINE"])
-        while True:
-            try:
-                data = os.read(0, CHUNK)
-            except InterruptedError:
-                continue
-            except OSError as e:
-                job.abort()
-                raise fatal(111, f"unable to read message: {e.strerror}")
-            if not data:
-                break
-            job.put(data)
-        result = job.close(self.sender, targets)
+            raise fatal(111, f"unable to read message: {e.strerror}")
         if result:
             raise fatal(100 if result[0] == "D" else 111, f"unable to forward message: {result[1:]}")
-        sys.stderr.write(f"dot-forward: info: qp {job.pid}\n")
+        sys.stderr.write(f"dot-forward: info: qp {qp}\n")
         self.rewind()
 
 

@@ -30,10 +30,9 @@ import sys
 
 from qpy import aliases, cdb, child, qmailq
 from qpy.errors import QmailError
+from qpy.exitcodes import PERM_PROGRAM
 
 USAGE = "fastforward: usage: fastforward [ -nNpPdD ] data.cdb"
-PERM_PROGRAM_CODES = frozenset((64, 65, 70, 76, 77, 78, 100, 112))
-CHUNK = 65536
 
 
 class Exit(Exception):
@@ -103,7 +102,7 @@ class Forwarder:
             raise fatal(111, f"child crashed in {printsafe(instr)}")
         except OSError as e:
             raise fatal(111, f"unable to run {printsafe(instr)}: {e.strerror}")
-        if code in PERM_PROGRAM_CODES:
+        if code in PERM_PROGRAM:
             raise Exit(100)
         if code:
             raise Exit(111)
@@ -189,20 +188,7 @@ def rewind() -> None:
 
 def requeue(dtline: bytes, sender: bytes, recipients: list[bytes]) -> tuple[str, int]:
     """Queue DTLINE + the rest of the message (fd 0 is at its start) to the recipients."""
-    job = qmailq.QueueJob()
-    job.put(dtline)
-    while True:
-        try:
-            data = os.read(0, CHUNK)
-        except InterruptedError:
-            continue
-        except OSError:
-            job.abort()
-            raise
-        if not data:
-            break
-        job.put(data)
-    return job.close(sender, recipients), job.pid
+    return qmailq.queue_fd(0, sender, recipients, dtline)
 
 
 def recipient_from_env(use_default: bool) -> bytes:

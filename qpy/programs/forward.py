@@ -16,7 +16,6 @@ import sys
 
 from qpy import qmailq
 
-CHUNK = 65536
 
 
 def die(code: int, text: str) -> int:
@@ -27,20 +26,7 @@ def die(code: int, text: str) -> int:
 
 def requeue(dtline: bytes, sender: bytes, recipients: list[bytes], fd: int = 0) -> tuple[str, int]:
     """Queue DTLINE + the message on ``fd``; return (qmail_close text, qp)."""
-    job = qmailq.QueueJob()
-    job.put(dtline)
-    while True:
-        try:
-            data = os.read(fd, CHUNK)
-        except InterruptedError:
-            continue
-        except OSError:
-            job.abort()
-            raise
-        if not data:
-            break
-        job.put(data)
-    return job.close(sender, recipients), job.pid
+    return qmailq.queue_fd(fd, sender, recipients, dtline)
 
 
 def main(argv: list[str] | None = None) -> int:
