@@ -84,6 +84,27 @@ def add_user(home: str, name: bytes, uid: int | None = None, gid: int | None = N
     return user_home
 
 
+ROLE_ACCOUNTS = (b"postmaster", b"mailer-daemon", b"root")
+
+
+def alias_to(home: str, address: bytes) -> list[str]:
+    """Make postmaster, mailer-daemon and root forward to ``address`` (~alias/.qmail-*).
+
+    Existing .qmail files are kept; returns the role names that were set up.
+    """
+    made = []
+    for role in ROLE_ACCOUNTS:
+        path = os.path.join(home, "alias", ".qmail-" + role.decode())
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"&" + address + b"\n")
+        made.append(role.decode())
+    return made
+
+
 @dataclass
 class Status:
     """What ``qpy status`` reports."""

@@ -103,6 +103,9 @@ def run(home: str, me: str, host: str, port: int, user: str | None) -> int:
         name = user or login_name()
         path = _add_user(home, name)
         click.echo(f"qpy: mail for {name}@{me} is delivered to {path}/Maildir/")
+        made = instance.alias_to(home, name.lower().encode() + b"@" + me.encode())
+        if made:
+            click.echo(f"qpy: {', '.join(made)} forward to {name}@{me}")
     os.environ["QMAILHOME"] = home
     me_now = control.read_line("me") or me.encode()
     runner = Runner(home, host, port, me_now.decode())

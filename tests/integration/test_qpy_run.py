@@ -82,6 +82,9 @@ def test_run_accepts_smtp_and_delivers_to_the_users_maildir(tmp_path):
         assert b"mail for alice@localhost is delivered to" in run.output
         send(run.port, 3, "hello")
         assert wait_subjects(home, 3) == ["hello 0", "hello 1", "hello 2"]
+        with smtplib.SMTP("127.0.0.1", run.port, timeout=30) as s:  # role accounts reach alice
+            s.sendmail("x@example.test", ["postmaster@localhost"], b"Subject: role\r\n\r\nhi\r\n")
+        assert "role" in wait_subjects(home, 4)
         msg = next(iter(mailbox.Maildir(str(home / "users" / "alice" / "Maildir"), create=False)))
         assert msg["Return-Path"] == "<sender@example.test>"
         assert msg["Delivered-To"] == "alice@localhost"
