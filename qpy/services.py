@@ -11,7 +11,8 @@ import shlex
 
 from qpy import auto, prot
 
-LOGGER = "multilog t s1000000 n20 ./main"
+LOGGER = "multilog t s1000000 n20 ./main"          # daemontools
+RUNIT_LOGGER = "svlogd -t ./main"                   # runit: -t is a TAI64N stamp too
 
 
 def run_scripts(home: str, me: str, defaultdelivery: str, smtp_host: str, smtp_port: int,
@@ -43,13 +44,20 @@ def write(service_dir: str, scripts: dict[str, str]) -> list[str]:
         os.makedirs(os.path.join(svc, "log", "main"), exist_ok=True)
         _script(os.path.join(svc, "run"), "#!/bin/sh\n" + body)
         user = auto.QMAILL if qmaill is not None and os.geteuid() == 0 else ""
-        logger = f"exec setuidgid {user} {LOGGER}\n" if user else f"exec {LOGGER}\n"
-        _script(os.path.join(svc, "log", "run"), "#!/bin/sh\n" + logger)
+        _script(os.path.join(svc, "log", "run"), "#!/bin/sh\n" + log_script(user))
         if user and qmaill is not None:
             os.chown(os.path.join(svc, "log", "main"), qmaill.uid, qmaill.gid)
         os.chmod(os.path.join(svc, "log", "main"), 0o755)
         made.append(svc)
     return made
+
+
+def log_script(user: str) -> str:
+    """multilog where daemontools is installed, else runit's svlogd; as ``user`` if given."""
+    as_daemontools = f"setuidgid {user} " if user else ""
+    as_runit = f"chpst -u {user} " if user else ""
+    return (f"if command -v multilog >/dev/null 2>&1; then exec {as_daemontools}{LOGGER}; fi\n"
+            f"exec {as_runit}{RUNIT_LOGGER}\n")
 
 
 def _script(path: str, text: str) -> None:

@@ -3,7 +3,7 @@
 Root only (CI runs as root).  A privileged instance with its services (qmail-send,
 qmail-smtpd, qmail-queued, qmail-pickup) linked into a scan directory, run by
 Debian's svscan: SMTP mail reaches a real user's Maildir, written as that user;
-the logs are TAI64N-stamped by multilog; an ordinary account's `sendmail` works
+the same directories run under runit's runsvdir; the logs are TAI64N-stamped; an ordinary account's `sendmail` works
 while every service is down and the message is delivered, with that account as
 the sender, once they are up again.
 """
@@ -71,21 +71,26 @@ def smtp_up(port: int) -> bool:
 
 
 class Scan:
-    """svscan on a scan directory, in its own session."""
+    """svscan (daemontools) or runsvdir (runit) on a scan directory, in its own session."""
 
-    def __init__(self, scan: Path) -> None:
+    def __init__(self, scan: Path, supervisor: str = "daemontools") -> None:
         self.scan = scan
-        self.proc = subprocess.Popen([need_program("svscan"), str(scan)], cwd=scan,
+        self.supervisor = supervisor
+        tool = need_program("svscan" if supervisor == "daemontools" else "runsvdir")
+        self.proc = subprocess.Popen([tool, str(scan)], cwd=scan,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True,
                                      env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
 
     def stop(self, services: list[Path]) -> None:
-        svc = need_program("svc")
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM if self.supervisor == "daemontools" else signal.SIGHUP)
         self.proc.wait(30)
         for s in services:
-            subprocess.run([svc, "-dx", str(s), str(s / "log")], capture_output=True)
+            if self.supervisor == "daemontools":
+                subprocess.run([need_program("svc"), "-dx", str(s), str(s / "log")], capture_output=True)
+            else:
+                subprocess.run([need_program("sv"), "-w", "30", "exit", str(s), str(s / "log")],
+                               capture_output=True)
         for s in services:
             for sup in (s / "supervise", s / "log" / "supervise"):
                 wait_until(lambda: not _locked(sup), 60, f"{sup} to stop")
@@ -127,12 +132,13 @@ def installed():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_services_run_under_svscan_and_deliver(installed):
+@pytest.mark.parametrize("supervisor", ["daemontools", "runit"])
+def test_services_run_under_a_supervisor_and_deliver(installed, supervisor):
     base, port, services = installed
     assert {s.name for s in services} >= {"qmail-send", "qmail-smtpd", "qmail-queued", "qmail-pickup"}
     pw = mail_user(base)
     maildir = Path(pw.pw_dir) / "Maildir"
-    scan = Scan(base / "service")
+    scan = Scan(base / "service", supervisor)
     try:
         wait_until(lambda: smtp_up(port), 60, "SMTP")
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
