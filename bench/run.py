@@ -10,9 +10,13 @@ tests/postfix.py on a loopback port, Maildir delivery through ``virtual``), and
 prints acceptance rate, end-to-end rate into the Maildir, accept→Maildir latency
 percentiles and server CPU per message (utime+stime of the whole server process
 tree, from /proc), with the qpy/Postfix ratios.  Then qpy alone: queue-only
-(messages/s through qmail-queue, warm fork and exec), delivery-only (qmail-send
-draining a queue pre-filled with 10 000 and 100 000 messages; cost per message at
-each size) and memory per idle SMTP session (PSS from /proc/<pid>/smaps_rollup).
+(messages/s into the queue: qmail-queue's writer in-process as qmail-smtpd uses it,
+warm fork, exec), delivery-only (qmail-send draining a queue pre-filled, by 4
+processes running qmail-queue's own writer, with 10 000 and 100 000 messages; rate
+and CPU per message at each size).  For both servers (at the first session
+count) also memory per idle SMTP session (PSS and RSS from /proc/<pid>/smaps_rollup)
+and accept→Maildir latency on an idle instance (one client, 50 messages in turn).
+Every figure comes from this one run on this machine.
 Needs root for Postfix; without it the Postfix columns are skipped.
 """
 from __future__ import annotations
@@ -70,13 +74,14 @@ def cpu_seconds(root: int) -> float:
     return total / TICK
 
 
-def pss_kb(root: int) -> int:
+def mem_kb(root: int, field: str = "Pss:") -> int:
+    """Sum of one smaps_rollup field (Pss:, Rss:) over a live process tree, in KB."""
     total = 0
     for pid in tree(root):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("Pss:"):
+                    if line.startswith(field):
                         total += int(line.split()[1])
         except OSError:
             pass
@@ -162,26 +167,32 @@ def smtp_load(server, n: int, size: int, sessions: int) -> dict:
     return result
 
 
-def idle_sessions(server, count: int = 30) -> float:
-    """PSS added per idle SMTP session, in KB (fewer sessions than tcpserver's -c 40 limit)."""
-    before = pss_kb(server.root_pid)
+def idle_sessions(server, count: int = 30) -> dict:
+    """PSS and RSS added per idle SMTP session, in KB (30: fewer than either server's session limit)."""
+    before = {f: mem_kb(server.root_pid, f) for f in ("Pss:", "Rss:")}
     socks = []
     for _ in range(count):
         s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         s.recv(512)
         socks.append(s)
     time.sleep(1.0)
-    after = pss_kb(server.root_pid)
+    after = {f: mem_kb(server.root_pid, f) for f in ("Pss:", "Rss:")}
     for s in socks:
         s.sendall(b"QUIT\r\n")
         s.close()
-    return round((after - before) / count, 1)
+    return {"pss_kb": round((after["Pss:"] - before["Pss:"]) / count, 1),
+            "rss_kb": round((after["Rss:"] - before["Rss:"]) / count, 1)}
 
 
 def queue_only(n: int) -> dict:
-    """Messages per second into the queue: warm fork (qpy.qmailq) and exec (QPY_EXEC=1)."""
+    """Messages per second into the queue: in-process writer (qmailq.start() → DirectJob,
+    what qmail-smtpd uses in single-user mode), warm fork of qmail-queue, and exec."""
     out = {}
-    for label, force in (("warm", ""), ("exec", "1")):
+    from qpy import qmailq
+    paths = [("warm", "", "qmailq.QueueJob()"), ("exec", "1", "qmailq.QueueJob()")]
+    if hasattr(qmailq, "start"):        # (a qpy older than the in-process writer has none)
+        paths.insert(0, ("direct", "", "qmailq.start()"))
+    for label, force, job in paths:
         base = Path(tempfile.mkdtemp(prefix="qpy-bench-q-"))
         home = base / "qmail"
         code = (
@@ -194,9 +205,12 @@ def queue_only(n: int) -> dict:
             "msg = b'Subject: x\\n\\n' + b'x' * 1000 + b'\\n'\n"
             "t = time.perf_counter()\n"
             f"for i in range({n}):\n"
-            "    assert qmailq.queue_message(msg, b'a@b', [b'c@d']) == ''\n"
+            f"    job = {job}\n"
+            "    job.put(msg)\n"
+            "    assert job.close(b'a@b', [b'c@d']) == ''\n"
             "print(time.perf_counter() - t)\n")
         env = dict(os.environ)
+        env.pop("QMAILQUEUE", None)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, env=env)
         secs = float(r.stdout)
         out[label] = round(n / secs, 1)
@@ -204,42 +218,65 @@ def queue_only(n: int) -> dict:
     return out
 
 
+FILLERS = 4     # parallel prefill processes (each writes with qmail-queue's own writer in-process)
+
+
+def prefill(home: Path, count: int) -> float:
+    """Queue ``count`` 1 KB messages for bench@localhost; return the seconds it took."""
+    subprocess.run([sys.executable, "-c",
+                    "from qpy import hier, instance\n"
+                    f"hier.install({str(home)!r}, b'localhost', False)\n"
+                    f"instance.add_user({str(home)!r}, b'bench')\n"], check=True)
+    fill = (
+        "import os, sys\n"
+        f"os.environ['QMAILHOME'] = {str(home)!r}\n"
+        "from qpy import qmailq\n"
+        "msg = b'Subject: x\\n\\n' + b'x' * 1000 + b'\\n'\n"
+        "for i in range(int(sys.argv[1])):\n"
+        "    job = qmailq.start() if hasattr(qmailq, 'start') else qmailq.QueueJob()\n"
+        "    job.put(msg)\n"
+        "    assert job.close(b'a@b', [b'bench@localhost']) == ''\n")
+    env = dict(os.environ)
+    env.pop("QMAILQUEUE", None)
+    env.pop("QPY_EXEC", None)
+    start = time.perf_counter()
+    shares = [count // FILLERS + (1 if k < count % FILLERS else 0) for k in range(FILLERS)]
+    procs = [subprocess.Popen([sys.executable, "-c", fill, str(k)], env=env) for k in shares if k]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError("prefill failed")
+    return time.perf_counter() - start
+
+
 def delivery_only(count: int) -> dict:
     """qmail-send draining ``count`` pre-queued messages into one Maildir."""
     base = Path(tempfile.mkdtemp(prefix="qpy-bench-d-"))
     home = base / "qmail"
-    fill = (
-        "import os, sys\n"
-        "from qpy import hier, instance, qmailq\n"
-        f"hier.install({str(home)!r}, b'localhost', False)\n"
-        f"os.environ['QMAILHOME'] = {str(home)!r}\n"
-        f"instance.add_user({str(home)!r}, b'bench')\n"
-        "from qpy.programs import qmail_queue\n"
-        "msg = b'Subject: x\\n\\n' + b'x' * 1000 + b'\\n'\n"
-        f"for i in range({count}):\n"
-        "    assert qmailq.queue_message(msg, b'a@b', [b'bench@localhost']) == ''\n")
-    subprocess.run([sys.executable, "-c", fill], check=True)
+    fill_secs = prefill(home, count)
     new = home / "users" / "bench" / "Maildir" / "new"
     env = dict(os.environ, QMAILHOME=str(home))
+    env.pop("QPY_EXEC", None)
     start = time.perf_counter()
     proc = subprocess.Popen([str(home / "bin" / "qmail-start"), "./Maildir/"], cwd=home,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     cpu = 0.0
-    while True:
-        done = sum(1 for _ in os.scandir(new))
-        if done >= count:
-            break
-        if proc.poll() is not None:
-            raise RuntimeError("qmail-send exited")
-        cpu = cpu_seconds(proc.pid)
-        time.sleep(0.2)
-    secs = time.perf_counter() - start
-    cpu = max(cpu, cpu_seconds(proc.pid))
-    proc.send_signal(15)
-    proc.wait(120)
-    shutil.rmtree(base, ignore_errors=True)
-    return {"messages": count, "seconds": round(secs, 1), "rate": round(count / secs, 1),
-            "cpu_ms_per_msg": round(cpu * 1000 / count, 3)}
+    try:
+        while True:
+            done = len(os.listdir(new))
+            if done >= count:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError("qmail-send exited")
+            cpu = cpu_seconds(proc.pid)
+            time.sleep(0.2 if count < 20000 else 1.0)
+        secs = time.perf_counter() - start
+        cpu = max(cpu, cpu_seconds(proc.pid))
+    finally:
+        proc.send_signal(15)
+        proc.wait(120)
+        shutil.rmtree(base, ignore_errors=True)
+    return {"messages": count, "prefill_seconds": round(fill_secs, 1), "seconds": round(secs, 1),
+            "rate": round(count / secs, 1), "cpu_ms_per_msg": round(cpu * 1000 / count, 3)}
 
 
 def ratio(a: float, b: float) -> str:
@@ -269,7 +306,10 @@ def main() -> None:
                 smtp_load(server, min(200, args.n), args.size, c)   # warm-up
                 row[server.name] = smtp_load(server, args.n, args.size, c)
                 if c == sessions[0]:
-                    row[server.name]["idle_session_pss_kb"] = idle_sessions(server)
+                    row[server.name]["idle_session_kb"] = idle_sessions(server)
+                    idle = smtp_load(server, 50, args.size, 1)      # one client: an idle instance
+                    row[server.name]["idle_latency_ms_p50"] = idle["latency_ms_p50"]
+                    row[server.name]["idle_latency_ms_p90"] = idle["latency_ms_p90"]
             finally:
                 server.stop()
                 shutil.rmtree(base, ignore_errors=True)
@@ -284,6 +324,11 @@ def main() -> None:
                      f" | ratio accept {ratio(q['accept_rate'], p['accept_rate'])},"
                      f" end-to-end {ratio(q['end_to_end_rate'], p['end_to_end_rate'])}")
         print(line, flush=True)
+    for c in sessions[:1]:
+        for name, r in report[f"smtp_{c}_sessions"].items():
+            print(f"idle SMTP session ({name}): {r['idle_session_kb']} KB; accept→Maildir on an idle"
+                  f" instance (1 session, 50 messages): p50 {r['idle_latency_ms_p50']} ms,"
+                  f" p90 {r['idle_latency_ms_p90']} ms", flush=True)
     if args.queue_only:
         report["queue_only_per_s"] = queue_only(args.queue_only)
         print(f"queue-only: {report['queue_only_per_s']}", flush=True)

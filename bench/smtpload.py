@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import re
-import statistics
 import time
 
 ID = re.compile(rb"^X-Bench-Id: (\d+)", re.M)
@@ -32,10 +31,13 @@ def message(i: int, size: int, run: str) -> bytes:
     return head + body
 
 
+READ_TIMEOUT = 120.0     # a server that stops answering fails the session instead of hanging it
+
+
 async def reply(reader: asyncio.StreamReader) -> bytes:
     """Read one (possibly multi-line) reply; return its code."""
     while True:
-        line = await reader.readline()
+        line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
         if not line:
             raise ConnectionError("server closed the connection")
         if line[3:4] != b"-":
@@ -44,7 +46,18 @@ async def reply(reader: asyncio.StreamReader) -> bytes:
 
 async def session(host: str, port: int, ids: list[int], size: int, rcpt: str, run: str,
                   accepted: dict[int, float], failed: list[int]) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+    """One connection sending ``ids`` in turn; on a dead connection the rest count as failed."""
+    try:
+        await asyncio.wait_for(transactions(host, port, ids, size, rcpt, run, accepted, failed),
+                               READ_TIMEOUT * (len(ids) + 2))
+    except (OSError, ConnectionError, asyncio.TimeoutError):
+        done = set(accepted) | set(failed)
+        failed.extend(i for i in ids if i not in done)
+
+
+async def transactions(host: str, port: int, ids: list[int], size: int, rcpt: str, run: str,
+                       accepted: dict[int, float], failed: list[int]) -> None:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), READ_TIMEOUT)
     try:
         if await reply(reader) != b"220":
             raise ConnectionError("no greeting")

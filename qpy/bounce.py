@@ -152,7 +152,7 @@ def inject(bounce_path: str, mess_path: str, info_sender: bytes, settings: Setti
     bounce_sender, recipient = env
     double = not sender
     try:
-        job = qmailq.QueueJob()
+        job = qmailq.start()
     except OSError as e:
         raise StartError("unable to start qmail-queue") from e
     try:

@@ -70,6 +70,35 @@ def open_table(path: str) -> Table | None:
     return Table(path)
 
 
+_cached: dict[str, tuple[tuple[int, int, int, int], Table]] = {}
+
+
+def open_cached(path: str) -> Table | None:
+    """Like open_table, but the table stays open (do not close it) for later calls.
+
+    It is reused while the file is unchanged: same device, inode, size and mtime
+    (``rebuild`` renames a new file into place, so a rebuilt table is a new inode).
+    One stat per call instead of mapping the file and parsing its 2 KB index.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        old = _cached.pop(path, None)
+        if old is not None:
+            old[1].close()
+        return None
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _cached.get(path)
+    if hit is not None:
+        if hit[0] == key:
+            return hit[1]
+        del _cached[path]
+        hit[1].close()
+    table = Table(path)
+    _cached[path] = (key, table)
+    return table
+
+
 def lookup(path: str, key: bytes) -> bytes | None:
     """One lookup in the cdb at ``path``; None if the file or the key is missing."""
     table = open_table(path)

@@ -20,9 +20,12 @@ def queue_line(pid: int, who: bytes, when: float | None = None) -> bytes:
     return b"Received: (qmail %d invoked %s); %s\n" % (pid, who, date822(when))
 
 
+_SAFE_TABLE = bytes(ch if ch in _SAFE else 0x3F for ch in range(256))
+
+
 def safe(value: bytes) -> bytes:
     """Every byte outside ``A-Za-z0-9.@%+/=:-[]`` becomes ``?`` (qmail-smtpd's safehost)."""
-    return bytes(ch if ch in _SAFE else 0x3F for ch in value)
+    return value.translate(_SAFE_TABLE)
 
 
 def smtp_line(remotehost: bytes, helo: bytes | None, remoteinfo: bytes | None,

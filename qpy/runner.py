@@ -1,8 +1,8 @@
 """The foreground runner behind ``qpy run``: the daemon tree plus an SMTP listener.
 
 Starts, from the instance's bin/, ``qmail-start <defaultdelivery>`` (which becomes
-qmail-send with lspawn, rspawn and clean below it) and ``tcpserver -v -R -H -l
-<me> <host> <port> qmail-smtpd``.  Their log lines (qmail-send's activity log on
+qmail-send with lspawn, rspawn and clean below it) and ``tcpserver -v -R -H -c 100
+-b 100 -l <me> <host> <port> qmail-smtpd``.  Their log lines (qmail-send's activity log on
 fd 1, tcpserver's and the programs' fd 2) are shown on the terminal with the
 local time and appended to QMAILHOME/log/current.  SIGINT or SIGTERM stops the
 listener first, then qmail-send (which finishes running deliveries and saves its
@@ -19,6 +19,8 @@ import time
 from typing import IO
 
 STOP_WAIT = 60.0
+SMTP_LIMIT = 100        # concurrent SMTP sessions (tcpserver -c; Postfix's default process limit),
+                        # and the listen backlog (-b): a burst of connections must not overflow it
 
 
 class Runner:
@@ -46,8 +48,9 @@ class Runner:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=self.env(), start_new_session=True)
         self.children["smtp"] = subprocess.Popen(
-            [os.path.join(bin_, "tcpserver"), "-1", "-v", "-R", "-H", "-l", self.me, self.host,
-             str(self.port), "qmail-smtpd"], cwd=self.home,
+            [os.path.join(bin_, "tcpserver"), "-1", "-v", "-R", "-H", "-c", str(SMTP_LIMIT),
+             "-b", str(SMTP_LIMIT), "-l", self.me, self.host, str(self.port), "qmail-smtpd"],
+            cwd=self.home,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=self.env(), start_new_session=True)
 

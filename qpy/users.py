@@ -71,20 +71,19 @@ def parse_value(value: bytes) -> Assignment:
 
 def lookup(local: bytes, path: str | None = None) -> Assignment | None:
     """qmail-lspawn's users/cdb lookup for a local part (control.md §3); None = ask qmail-getpw."""
-    table = cdb.open_table(path or auto.path("users", "cdb"))
+    table = cdb.open_cached(path or auto.path("users", "cdb"))   # kept open: reused while unchanged
     if table is None:
         return None
-    with table:
-        lower = local.lower()
-        value = table.get(b"!" + lower + b"\0")
+    lower = local.lower()
+    value = table.get(b"!" + lower + b"\0")
+    if value is not None:
+        return parse_value(value)
+    wildchars = table.get(b"") or b""
+    for i in range(len(local), -1, -1):
+        if i > 0 and local[i - 1] not in wildchars:
+            continue
+        value = table.get(b"!" + lower[:i])
         if value is not None:
-            return parse_value(value)
-        wildchars = table.get(b"") or b""
-        for i in range(len(local), -1, -1):
-            if i > 0 and local[i - 1] not in wildchars:
-                continue
-            value = table.get(b"!" + lower[:i])
-            if value is not None:
-                a = parse_value(value)
-                return Assignment(a.user, a.uid, a.gid, a.home, a.dash, a.ext + local[i:])
+            a = parse_value(value)
+            return Assignment(a.user, a.uid, a.gid, a.home, a.dash, a.ext + local[i:])
     return None

@@ -378,7 +378,7 @@ def inject(argv: list[str], stdin: BinaryIO, stdout: BinaryIO) -> None:
         stdout.flush()
         return
     try:
-        job = qmailq.QueueJob()
+        job = qmailq.start()
     except OSError:
         raise Fatal(111, "unable to run qmail-queue")
     try:

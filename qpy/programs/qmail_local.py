@@ -304,7 +304,7 @@ class Local:
         from qpy import qmailq   # only runs that forward pay for it
         rewind()
         try:
-            job = qmailq.QueueJob()
+            job = qmailq.start()
         except OSError as e:
             raise Die(111, f"Unable to fork: {errstr.text(e)}. (#4.3.0)")
         self.qp = job.pid

@@ -5,7 +5,9 @@ RUNS AS   root in privileged mode (started by qmail-start); the invoking user in
           single-user mode.  cwd QMAILHOME/queue/mess.
 PROTOCOL  qmail-send's spawner protocol (protocols.md §2, qpy.spawn): one byte (120) at
           start, commands on fd 0, ``<slot><K|Z|D><text>\\0`` reports on fd 1.
-PER COMMAND  a forked child: empty local part → success at once.  Otherwise chdir
+PER COMMAND  a forked child (single-user mode: one of up to 16 reused worker children,
+          qpy.spawn WORKERS, each delivery isolated by fd, cwd, umask and signal resets):
+          empty local part → success at once.  Otherwise chdir
           QMAILHOME, find the recipient's account: users/cdb (qpy.users), else
           qmail-getpw's search (privileged: a grandchild running qmail-getpw as
           qmailp/nofiles, warm or exec'd; single-user: qpy.getpw in the child).  Then
@@ -34,6 +36,12 @@ import sys
 from qpy import auto, getpw, prot, spawn, users, warm
 from qpy.errors import QmailError, temporary_errno
 from qpy.exitcodes import LOCAL_FIXED, QLX, local_letter
+
+
+# Single-user mode only: deliveries run in up to this many long-lived worker children
+# (qpy.spawn WORKERS) instead of a fork each; every delivery runs as the invoking user
+# there anyway.  Privileged mode keeps a fresh child per delivery (it changes uid).
+WORKERS = 16
 
 
 class Exit(Exception):
@@ -74,6 +82,7 @@ class LocalHooks(spawn.Hooks):
     def __init__(self, defaultdelivery: bytes, priv: bool) -> None:
         self.defaultdelivery = defaultdelivery
         self.priv = priv
+        self.workers = 0 if priv else WORKERS
         self.qmailp: prot.Account | None = None
         self.nofiles: int | None = None
         if priv:

@@ -67,7 +67,7 @@ def receive(stream: netstring.Stream) -> str:
     stream.budget = stream.length()
     size = stream.length()
     try:
-        job = qmailq.QueueJob()
+        job = qmailq.start()
     except OSError:
         raise Resources()
     try:

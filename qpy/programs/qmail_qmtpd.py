@@ -184,7 +184,7 @@ class Session:
         if size == 0:
             raise netstring.ProtocolError("empty message")
         try:
-            job = qmailq.QueueJob()
+            job = qmailq.start()
         except OSError:
             raise Resources()
         try:

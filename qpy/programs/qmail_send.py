@@ -46,9 +46,12 @@ import select
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from qpy import auto, bounce, control, log, prot, queuedir, trigger
+from qpy.queuewrite import start_writeback
 from qpy.errors import ControlError
 from qpy.rewrite import Rewriter
 from qpy.schedule import (CHANNELS, LIFETIME, OSSIFIED, SLEEP_CLEANUP, SLEEP_FOREVER, SLEEP_FUZZ,
@@ -62,6 +65,9 @@ REPORTMAX = 10000       # bytes of a report record kept (slot + letter + text)
 TODO_BATCH = 32         # todo/ entries preprocessed per loop turn
 CLEANUP_BATCH = 256     # mess/ entries looked at per loop turn
 DONE_BATCH = 64         # completions per loop turn
+PASS_BATCH = 64         # passes per channel per loop turn
+CLEAN_OUTSTANDING = 512 # qmail-clean requests sent but not yet answered, at most
+INFO_CACHE = 20000      # messages whose info/<id> contents qmail-send remembers
 SLEEP_PAUSE = 10        # after an unreadable directory or a failing bounce append
 READ_CHUNK = 65536
 
@@ -253,30 +259,63 @@ class Spawner:
 
 
 class Cleaner:
-    """The client side of qmail-clean (protocols.md §6), on fds 5 and 6."""
+    """The client side of qmail-clean (protocols.md §6), on fds 5 and 6.
+
+    Requests may be left outstanding (``send``): qmail-clean answers in order, and
+    each reply is handed to the request's callback when it is read (``collect``), so
+    qmail-send goes on working while qmail-clean unlinks.  ``request`` waits.
+    """
 
     def __init__(self, fd_out: int = FD_TO_CLEAN, fd_in: int = FD_FROM_CLEAN) -> None:
         self.fd_out, self.fd_in = fd_out, fd_in
         self.alive = True
+        self.waiting: deque[tuple[str, Callable[[str, int], None] | None]] = deque()
+
+    def send(self, names: list[str], done: Callable[[str, int], None] | None) -> bool:
+        """Send requests; ``done(name, reply byte)`` runs when each is answered.  False if clean died."""
+        if not self.alive:
+            return False
+        if len(self.waiting) >= CLEAN_OUTSTANDING and not self.collect(block=True):
+            return False
+        try:
+            write_all(self.fd_out, b"".join(n.encode() + b"\0" for n in names))
+        except OSError:
+            self.alive = False
+            return False
+        self.waiting.extend((n, done) for n in names)
+        return True
+
+    def collect(self, block: bool) -> bool:
+        """Read replies (one read, or until none is outstanding if ``block``); False if clean died."""
+        while self.waiting:
+            try:
+                data = os.read(self.fd_in, len(self.waiting))
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.alive = False
+                self.waiting.clear()
+                return False
+            for reply in data:
+                name, done = self.waiting.popleft()
+                if done is not None:
+                    done(name, reply)
+            if not block:
+                break
+        return True
 
     def request(self, names: list[str]) -> bytes | None:
         """Send ``foop/N`` / ``todo/N`` requests; return one reply byte each, None if clean died."""
         if not names:
             return b""
-        if not self.alive:
+        replies = bytearray()
+        if not self.send(names, lambda name, reply: replies.append(reply)):
             return None
-        try:
-            write_all(self.fd_out, b"".join(n.encode() + b"\0" for n in names))
-            replies = b""
-            while len(replies) < len(names):
-                chunk = os.read(self.fd_in, len(names) - len(replies))
-                if not chunk:
-                    raise EOFError
-                replies += chunk
-        except (OSError, EOFError):
-            self.alive = False
+        if not self.collect(block=True):
             return None
-        return replies
+        return bytes(replies)
 
 
 # ---------------------------------------------------------------- jobs
@@ -321,6 +360,7 @@ class Prep:
     msgid: int
     files: dict[str, int]
     channels: list[bool]
+    info: tuple[bytes, int] | None = None     # what getinfo() will read back
 
     def close(self) -> None:
         """Close every file still open."""
@@ -385,6 +425,10 @@ class QmailSend:
         self.numjobs = sum(concurrency)
         self.jobs_open = 0
         self.cleaner = Cleaner()
+        # (sender, birth) of messages preprocessed by this process, as getinfo() would
+        # read them back from info/<id> (which nothing else writes); saves two file
+        # reads per message.  Dropped at completion; bounded by INFO_CACHE.
+        self.infos: dict[int, tuple[bytes, int]] = {}
         self.pqchan = [TimedQueue(), TimedQueue()]
         self.pqdone = TimedQueue()
         self.pqfail = TimedQueue()
@@ -430,14 +474,30 @@ class QmailSend:
         self.exitasap = True
 
     def clean(self, names: list[str]) -> bytes | None:
-        """Ask qmail-clean; on a lost connection log the alert and exit asap."""
+        """Ask qmail-clean and wait; on a lost connection log the alert and exit asap."""
         was_alive = self.cleaner.alive
         replies = self.cleaner.request(names)
         if replies is None:
-            if was_alive:
-                self.log.alert("oh no! lost qmail-clean connection! dying...")
-            self.exitasap = True
+            self.lost_cleaner(was_alive)
         return replies
+
+    def clean_async(self, names: list[str], done: Callable[[str, int], None]) -> None:
+        """Ask qmail-clean without waiting; ``done(name, reply)`` runs once it answered."""
+        was_alive = self.cleaner.alive
+        if names and not self.cleaner.send(names, done):
+            self.lost_cleaner(was_alive)
+
+    def clean_collect(self, block: bool) -> None:
+        """Dispatch the replies qmail-clean has sent (all outstanding ones if ``block``)."""
+        was_alive = self.cleaner.alive
+        if self.cleaner.waiting and not self.cleaner.collect(block):
+            self.lost_cleaner(was_alive)
+
+    def lost_cleaner(self, was_alive: bool) -> None:
+        """qmail-clean is gone: log the alert once and exit asap."""
+        if was_alive:
+            self.log.alert("oh no! lost qmail-clean connection! dying...")
+        self.exitasap = True
 
     # -- startup scan (queue.md §6)
     def pqadd(self, msgid: int) -> None:
@@ -478,6 +538,7 @@ class QmailSend:
                     break
                 except OSError:
                     self.log.alert(f"unable to opendir info/{n}, sleeping...")
+                    self.log.flush()
                     time.sleep(SLEEP_PAUSE)
             for name in names:
                 msgid = queuedir.parse_id(name)
@@ -497,6 +558,9 @@ class QmailSend:
     # -- info
     def getinfo(self, msgid: int) -> tuple[bytes, int] | None:
         """(sender, birth) from info/<id>, or None if unreadable or malformed."""
+        cached = self.infos.get(msgid)
+        if cached is not None:
+            return cached
         try:
             data, st = read_file(queuedir.info(msgid))
         except OSError:
@@ -563,12 +627,21 @@ class QmailSend:
         return p
 
     def pass_dochan(self, c: int) -> None:
-        """Advance channel c's pass: start a delivery per ``T`` record while slots are free."""
-        if self.exitasap:
-            return
+        """Advance channel c's passes: a delivery per ``T`` record while slots are free.
+
+        qmail opens one pass per channel per loop turn; here a pass that reaches the
+        end of its file is followed at once by the next due one (up to PASS_BATCH per
+        turn), so a burst of one-recipient messages fills every free slot in one turn.
+        """
+        for _ in range(PASS_BATCH):
+            if self.exitasap or not self.pass_step(c):
+                return
+
+    def pass_step(self, c: int) -> bool:
+        """Advance or open one pass; True if it hit its end (another may start now)."""
         p = self.passes[c] or self.open_pass(c)
         if p is None:
-            return
+            return False
         sp = self.spawners[c]
         while True:
             end = p.data.find(b"\0", p.pos)
@@ -576,11 +649,11 @@ class QmailSend:
                 p.job.hiteof = True
                 self.passes[c] = None
                 self.job_close(p.job)
-                return
+                return True
             kind = p.data[p.pos:p.pos + 1]
             if kind == b"T":
                 if not sp.available():
-                    return
+                    return False
                 p.job.numtodo += 1
                 self.del_start(p.job, p.pos, p.data[p.pos + 1:end])
             elif kind != b"D":
@@ -626,6 +699,7 @@ class QmailSend:
                 return
             except OSError:
                 self.log.alert("unable to append to bounce message; HELP! sleeping...")
+                self.log.flush()
                 time.sleep(SLEEP_PAUSE)
 
     def handle_report(self, sp: Spawner, record: bytes) -> None:
@@ -681,16 +755,16 @@ class QmailSend:
     # -- completion (queue.md §5, §8)
     def injectbounce(self, msgid: int) -> bool:
         """Send the bounce for a finished message if there is one; False to retry later."""
-        info = self.getinfo(msgid)
-        if info is None:
-            self.log.warning(f"trouble reading {queuedir.info(msgid)}; will try again later")
-            return False
         path = queuedir.bounce(msgid)
         try:
             if not bounce.exists(path):
                 return True
         except OSError:
             self.log.warning(f"unable to stat {path}")
+            return False
+        info = self.getinfo(msgid)
+        if info is None:
+            self.log.warning(f"trouble reading {queuedir.info(msgid)}; will try again later")
             return False
         if bounce.original_sender(info[0]) == bounce.DOUBLE_BOUNCE_SENDER:
             self.log.line(log.triple_bounce(msgid))
@@ -739,10 +813,15 @@ class QmailSend:
             self.log.warning(f"unable to unlink {path}; will try again later")
             self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
             return
-        # S5 -> S2 -> S1: info is gone; qmail-clean removes intd and mess.
-        name = f"foop/{msgid}"
-        replies = self.clean([name])
-        if replies is not None and replies != b"+":
+        self.infos.pop(msgid, None)
+        # S5 -> S2 -> S1: info is gone; qmail-clean removes intd and mess.  Not waited
+        # for: the answer only decides a warning, and until qmail-clean has unlinked
+        # mess/N no new message can get the id N (the inode is still in use).
+        self.clean_async([f"foop/{msgid}"], self.cleaned)
+
+    def cleaned(self, name: str, reply: int) -> None:
+        """qmail-clean's answer to a ``foop/N`` request."""
+        if reply != ord("+"):
             self.log.warning(f"qmail-clean unable to clean up {name}")
 
     def pass_do(self) -> None:
@@ -826,12 +905,23 @@ class QmailSend:
                 self.log.warning(f"trouble writing to {path}")
                 prep.close()
                 return None
+        info = out[queuedir.info(msgid)]
+        if info[:1] == b"F":
+            try:
+                birth = int(os.fstat(prep.files[queuedir.info(msgid)]).st_mtime)
+            except OSError:
+                birth = None
+            if birth is not None:
+                prep.info = (bytes(info[1:info.index(b"\0")]), birth)
         return prep
 
     def commit(self, preps: list[Prep]) -> None:
         """fsync the batch, then S4 -> S5 through qmail-clean, then schedule."""
         synced: list[Prep] = []
         dirs: dict[str, list[Prep]] = {}
+        for prep in preps:
+            for fd in prep.files.values():
+                start_writeback(fd)
         for prep in preps:
             path = ""
             try:
@@ -857,6 +947,7 @@ class QmailSend:
                 self.log.warning(f"trouble fsyncing {path}")
                 failed.update(p.msgid for p in users)
         synced = [p for p in synced if p.msgid not in failed]
+        # Waited for: the answer decides whether the batch is scheduled in this turn.
         replies = self.clean([f"todo/{p.msgid}" for p in synced])
         if replies is None:
             return
@@ -866,6 +957,8 @@ class QmailSend:
                 self.log.warning(f"qmail-clean unable to clean up todo/{prep.msgid}")
                 continue
             # S4 -> S5: the message is preprocessed.
+            if prep.info is not None and len(self.infos) < INFO_CACHE:
+                self.infos[prep.msgid] = prep.info
             for c in CHANNELS:
                 if prep.channels[c]:
                     self.pqchan[c].add(prep.msgid, now)
@@ -970,6 +1063,8 @@ class QmailSend:
                 rfds.append(sp.fd_in)
                 if sp.pending:
                     wfds.append(sp.fd_out)
+        if self.cleaner.waiting:
+            rfds.append(self.cleaner.fd_in)
         if not self.exitasap:
             for c in CHANNELS:
                 if self.passes[c] is not None and self.spawners[c].available():
@@ -1005,10 +1100,12 @@ class QmailSend:
             self.rewriter = reread_rewriter(self.rewriter, self.log)
         wakeup, rfds, wfds = self.wakeup_and_fds()
         timeout = 0 if wakeup <= self.recent else wakeup - self.recent + SLEEP_FUZZ
+        self.log.flush()
         try:
             r, w, _ = select.select(rfds, wfds, [], timeout)
         except OSError:
             self.log.warning("trouble in select")
+            self.log.flush()
             time.sleep(1)
             return
         readable, writable = set(r), set(w)
@@ -1017,6 +1114,8 @@ class QmailSend:
         self.recent = int(time.time())
         self.comm_do(writable)
         self.del_do(readable)
+        if self.cleaner.fd_in in readable:
+            self.clean_collect(block=False)
         self.todo_do(readable)
         self.pass_do()
         self.cleanup_do()
@@ -1028,8 +1127,10 @@ class QmailSend:
         self.trigger_set()
         while not self.exitasap or not self.can_exit():
             self.turn()
+        self.clean_collect(block=True)
         self.pqfinish()
         self.log.line(log.exiting())
+        self.log.flush()
         return 0
 
 
@@ -1096,7 +1197,7 @@ def start(flags: Flags) -> QmailSend:
     lock_mutex()
     limits = read_limits()
     concurrency = [min(controls.concurrency[c], limits[c]) for c in CHANNELS]
-    return QmailSend(controls, concurrency, log.Log(FD_LOG), flags)
+    return QmailSend(controls, concurrency, log.Log(FD_LOG, buffered=True), flags)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1116,5 +1217,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return daemon.run()
     except Exception as e:  # a bug: say so, and let the supervisor restart us
+        daemon.log.flush()
         lg.alert(f"oh no! internal error: {type(e).__name__}: {e}; exiting")
         return 111

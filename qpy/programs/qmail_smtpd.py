@@ -166,6 +166,9 @@ def _ulong(text: bytes) -> int:
     return int(digits) if digits else 0
 
 
+_CONTROL = bytes(range(32)) + b"\x7f"
+
+
 def parse_address(arg: bytes) -> tuple[bytes, bytes] | None:
     """qmail's addrparse(): (address, text after its terminator); None if too long or unsafe."""
     lt = arg.find(b"<")
@@ -177,6 +180,12 @@ def parse_address(arg: bytes) -> tuple[bytes, bytes] | None:
     if arg[:1] == b"@":     # source route @a,@b:
         colon = arg.find(b":")
         arg = arg[colon + 1:] if colon >= 0 else b""
+    if b"\\" not in arg and b'"' not in arg:     # the usual case: nothing quoted
+        end = arg.find(terminator.to_bytes(1, "big"))
+        plain, rest = (arg, b"") if end < 0 else (arg[:end], arg[end + 1:])
+        if len(plain) > MAX_ADDR + 64 or len(plain.translate(None, _CONTROL)) != len(plain):
+            return None
+        return plain, rest
     out = bytearray()
     escaped = quoted = False
     rest = b""
@@ -331,7 +340,7 @@ class Session:
             return
         sender, self.sender = self.sender, None
         try:
-            job = qmailq.QueueJob()
+            job = qmailq.start()
         except OSError:
             self.reply(b"451 qqt failure (#4.3.0)")
             return

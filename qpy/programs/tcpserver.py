@@ -26,6 +26,7 @@ EXIT      parent: 0 on SIGTERM (children keep running), 100 usage, 111 fatal.
 from __future__ import annotations
 
 import errno
+import gc
 import getopt
 import os
 import select
@@ -494,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     if chain.preload(prog):
         try:
             warm.preload("qmail-queue")   # our servers queue through a warm qmail-queue child
+            from qpy import queuewrite    # ... or write the queue in-process (qpy.qmailq)
+            queuewrite.prepare()
         except ImportError:
             pass
     server = Server(sock, opts, prog, log)
@@ -502,5 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             os.close(fd)
         except OSError:
             pass
+    # Everything imported so far lives as long as we do: keep it out of the cyclic GC, so a
+    # full collection in a forked session never touches (and copies) the parent's pages.
+    gc.freeze()
     server.serve()
     return 0

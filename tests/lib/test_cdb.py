@@ -93,3 +93,19 @@ def test_corrupt_or_truncated_cdb_is_a_temporary_failure(tmp_path):
     path.write_bytes(b"\x00" * 100)
     with pytest.raises(CdbError):
         cdb.Table(str(path))
+
+
+def test_open_cached_reuses_the_table_until_the_file_is_rebuilt(tmp_path):
+    import os
+    qcdb = cdb
+    path = str(tmp_path / "t.cdb")
+    assert qcdb.open_cached(path) is None
+    qcdb.rebuild(path, [(b"k", b"one")])
+    first = qcdb.open_cached(path)
+    assert first.get(b"k") == b"one"
+    assert qcdb.open_cached(path) is first
+    qcdb.rebuild(path, [(b"k", b"two")])
+    second = qcdb.open_cached(path)
+    assert second is not first and second.get(b"k") == b"two"
+    os.unlink(path)
+    assert qcdb.open_cached(path) is None

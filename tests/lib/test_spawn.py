@@ -20,9 +20,25 @@ from qpy import spawn
 class Hooks(spawn.Hooks):
     truncreport = int(os.environ.get("TRUNC", "0"))
     crash_code = 77
+    workers = int(os.environ.get("WORKERS", "0"))
 
     def child(self, sender, recipient, at):
         mode = recipient[:at]
+        if mode == b"state":      # what a delivery may leave behind, and what it inherits
+            inheritable = count = 0
+            for fd in [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2]:
+                try:
+                    inheritable += os.get_inheritable(fd)
+                    count += 1
+                except OSError:
+                    pass                  # the fd listdir held
+            cwd = os.getcwd().encode()
+            old = os.umask(0o027)         # all three changed on purpose
+            os.chdir("/")
+            os.open(os.devnull, os.O_RDONLY)
+            os.write(1, b"pid=%d cwd=%s umask=%o fds=%d inheritable=%d" % (
+                os.getpid(), cwd, old, count, inheritable))
+            return 5
         if mode == b"big":
             os.write(1, b"x" * 5000)
             return 0
@@ -213,3 +229,34 @@ def test_eof_without_commands_exits_0_after_the_limit_byte(home):
 def test_incomplete_command_at_eof_is_dropped(home, junk):
     code, out, _ = run_all(home, junk)
     assert (code, out) == (0, bytes([120]))
+
+
+def test_workers_run_commands_like_forked_children(home):
+    m = queued(home)
+    commands = (cmd(0, m, b"a@b", b"plain@c") + cmd(1, m, b"", b"big@x") + cmd(2, m, b"", b"raise@x")
+                + cmd(3, m, b"", b"nul@x"))
+    forked = run_all(home, commands, {"TRUNC": "3000"})[2]
+    pooled = run_all(home, commands, {"TRUNC": "3000", "WORKERS": "2"})[2]
+    # a worker keeps one extra fd, its close-on-exec socket to the spawner
+    assert sorted(pooled) == sorted((slot, text.replace(b"fds=0", b"fds=1")) for slot, text in forked)
+
+
+def test_worker_state_is_reset_between_deliveries_and_a_crash_is_reported(home):
+    m = queued(home)
+    p = start(home, {"WORKERS": "1"})
+    buf = bytearray()
+    assert os.read(p.stdout.fileno(), 1) == bytes([120])
+    reports = []
+    for slot, mode in enumerate([b"state", b"state", b"crash", b"state"]):
+        p.stdin.write(cmd(slot, m, b"", mode + b"@x"))
+        p.stdin.flush()
+        reports.append(read_record(p, buf))     # one at a time: the same worker each time
+    p.stdin.close()
+    assert p.wait(timeout=20) == 0
+    first, second, crashed, third = (text for _, text in reports)
+    assert first.startswith(b"K5:pid=") and b"fds=1 inheritable=0" in first   # only its socket
+    assert b" cwd=%s " % str(home / "queue" / "mess").encode() in first
+    assert second == first          # same worker, and cwd/umask/fds were put back
+    assert crashed == b"K-9:"       # the worker died: reported like a killed child
+    assert third.startswith(b"K5:pid=") and third != first   # a new worker took over
+    assert third.split(b" ", 1)[1] == first.split(b" ", 1)[1]

@@ -1,0 +1,330 @@
+"""The queue writer behind qmail-queue (queue.md §3), as a library.
+
+``Writer(uid, pid, who, base)`` performs one insertion in the order of queue.md §3:
+pid file → link mess/ (S2) → Received line + message → fsync the file and mess/<split>
+→ intd/<id> (S3) → fsync → link todo/<id> (S4: queued) → fsync todo/.  The caller
+pulls the trigger.  ``run(msg_fd, env_fd)`` is qmail-queue's whole sequence on two
+fds; ``begin()``/``commit()`` are the same steps for a caller that already holds
+the envelope in memory (qpy.qmailq.DirectJob: a process that owns the
+queue writes it itself instead of forking a qmail-queue).  Every failure raises
+``Exit(code)`` with qmail-queue's exit code; ``remove_partial()`` then removes what
+this insertion created (nothing that has a todo/ link).  Four fsyncs per message,
+none skipped: a 0 exit / "" close means the message and its todo/ entry are on disk.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from qpy import auto, prot, received
+from qpy.auto import SPLIT
+from qpy.envelope import MAX_ADDR
+from qpy.exitcodes import QQ
+
+CHUNK = 65536
+
+
+_sync_file_range = None
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a file's data out now, without waiting (Linux sync_file_range).
+
+    Only a hint that changes no guarantee: each file is still fsync'd.  Started for
+    every file of a batch before the first fsync, the block allocations of the whole
+    batch land in one journal transaction, so one commit covers the batch instead of
+    one per file.  A no-op where sync_file_range is missing.
+    """
+    if _sync_file_range is None:
+        prepare()
+    if _sync_file_range:
+        _sync_file_range(fd, 0, 0, 2)     # SYNC_FILE_RANGE_WRITE
+
+
+def prepare() -> None:
+    """Look sync_file_range up now (ctypes, ~1 ms), e.g. in a parent before it forks."""
+    global _sync_file_range
+    if _sync_file_range is not None:
+        return
+    try:
+        import ctypes
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+        func.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        _sync_file_range = func
+    except (ImportError, OSError, AttributeError):
+        _sync_file_range = False
+
+
+class Exit(Exception):
+    """Leave with a qmail-queue exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def special_uids(priv: bool) -> dict[int, bytes]:
+    """uid → WHO for the accounts the Received line names (privileged mode only)."""
+    table: dict[int, bytes] = {}
+    if priv:
+        for name, text in ((auto.QMAILS, b"for bounce"), (auto.QMAILD, b"from network"),
+                           (auto.ALIAS, b"by alias")):
+            acct = prot.lookup_user(name)
+            if acct is not None:
+                table[acct.uid] = text
+    return table
+
+
+def who_invoked(uid: int, priv: bool, table: dict[int, bytes] | None = None) -> bytes:
+    """The WHO of the Received line: which account handed us the message."""
+    table = special_uids(priv) if table is None else table
+    return table.get(uid, b"by uid %d" % uid)
+
+
+def privileged_instance(home: str = ".") -> bool:
+    """True if the instance's queue belongs to the qmailq account (not root), whoever we are."""
+    qmailq = prot.lookup_user(auto.QMAILQ)
+    if qmailq is None or qmailq.uid == 0:
+        return False
+    try:
+        return os.stat(os.path.join(home, "queue")).st_uid == qmailq.uid
+    except OSError:
+        return False
+
+
+def _read(fd: int) -> bytes:
+    """Read a chunk; a read error is exit 54."""
+    while True:
+        try:
+            return os.read(fd, CHUNK)
+        except InterruptedError:
+            continue
+        except OSError:
+            raise Exit(QQ.READ_ERROR)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write everything; a write error (ENOSPC, EIO, EDQUOT…) is exit 53."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        except OSError:
+            raise Exit(QQ.WRITE_ERROR)
+        view = view[n:]
+
+
+def _fsync(fd: int) -> None:
+    """fsync; failure is exit 53."""
+    try:
+        os.fsync(fd)
+    except OSError:
+        raise Exit(QQ.WRITE_ERROR)
+
+
+def _fsync_dir(path: str, code: int) -> None:
+    """Make a link in ``path`` durable; failure is ``code``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        raise Exit(code)
+    try:
+        os.fsync(fd)
+    except OSError:
+        raise Exit(QQ.WRITE_ERROR)
+    finally:
+        os.close(fd)
+
+
+def _copy_envelope(in_fd: int, out: bytearray, read: Callable[[], bytes] | None = None) -> None:
+    """Check the envelope on ``in_fd`` record by record and append it to ``out``.
+
+    Stops at the terminating empty record, which is not copied.  ``read`` (a
+    callable returning the next chunk, b"" at the end) replaces reading ``in_fd``.
+    """
+    buf = b""
+    pos = 0
+    first = True
+    while True:
+        if pos < len(buf):
+            lead = buf[pos:pos + 1]
+            if first and lead != b"F":
+                raise Exit(QQ.ENVELOPE)
+            if not first and lead == b"\0":
+                return
+            if not first and lead != b"T":
+                raise Exit(QQ.ENVELOPE)
+            nul = buf.find(b"\0", pos)
+            if (nul if nul != -1 else len(buf)) - pos - 1 > MAX_ADDR:
+                raise Exit(QQ.ADDR_TOO_LONG)
+            if nul != -1:
+                out += buf[pos:nul + 1]
+                pos = nul + 1
+                first = False
+                continue
+        chunk = _read(in_fd) if read is None else read()
+        if not chunk:
+            raise Exit(QQ.READ_ERROR)
+        buf = buf[pos:] + chunk
+        pos = 0
+
+
+class Writer:
+    """One queue insertion; remembers what it created so failures can remove it."""
+
+    def __init__(self, uid: int, pid: int, who: bytes, base: str = "") -> None:
+        self.uid, self.pid, self.who = uid, pid, who
+        self.base = base            # "" = the cwd is queue/; else a path ending in "/"
+        self.msgid = 0
+        self.made: list[str] = []
+
+    def open_pid_file(self) -> tuple[int, str]:
+        """Create pid/<pid>.<time>.<seq> exclusively (exit 63 if nine tries fail)."""
+        now = int(time.time())
+        for seq in range(1, 10):
+            name = self.base + f"pid/{self.pid}.{now}.{seq}"
+            try:
+                return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), name
+            except OSError:
+                continue
+        raise Exit(QQ.PID_DIR)
+
+    def begin(self, qp_is_id: bool = False) -> int:
+        """pid file → mess link (S2) → Received line; return the mess fd (caller closes it).
+
+        ``qp_is_id``: the qp recorded (Received line, ``p`` record) is the message id
+        instead of ``pid``: a writer inside a long-lived process (DirectJob) writes many
+        messages, and each must keep a qp of its own, as each qmail-queue run has.
+        """
+        fd, pidname = self.open_pid_file()
+        self.made.append(pidname)
+        try:
+            self.msgid = os.fstat(fd).st_ino
+            if qp_is_id:
+                self.pid = self.msgid
+            line = received.queue_line(self.pid, self.who)
+            messname = self.base + f"mess/{self.msgid % SPLIT}/{self.msgid}"
+            try:
+                os.link(pidname, messname)
+            except OSError:
+                raise Exit(QQ.MESS_DIR)
+            self.made.append(messname)
+            try:
+                os.unlink(pidname)
+            except OSError:
+                raise Exit(QQ.PID_DIR)
+            self.made.remove(pidname)
+            # S2: mess exists.
+            _write_all(fd, line)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def sync_mess(self, fd: int) -> None:
+        """fsync the message, close it, and make its mess/ link durable."""
+        try:
+            _fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.base + f"mess/{self.msgid % SPLIT}", QQ.MESS_DIR)
+
+    def finish(self, envelope: Callable[[bytearray], None]) -> int:
+        """intd (S3) → envelope → fsync → todo link (S4) → fsync todo/; return the id.
+
+        ``envelope(out)`` appends the checked envelope records (without the final
+        empty one) to ``out``, which already holds ``u<uid>\0p<pid>\0``; it raises Exit.
+        """
+        intdname = self.base + f"intd/{self.msgid}"
+        try:
+            ifd = os.open(intdname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError:
+            raise Exit(QQ.INTD_DIR)
+        self.made.append(intdname)
+        try:
+            # S3: intd exists.
+            records = bytearray(b"u%d\0p%d\0" % (self.uid, self.pid))
+            envelope(records)
+            _write_all(ifd, records)
+            _fsync(ifd)
+        finally:
+            os.close(ifd)
+        try:
+            os.link(intdname, self.base + f"todo/{self.msgid}")
+        except OSError:
+            raise Exit(QQ.TODO_DIR)
+        _fsync_dir(self.base + "todo", QQ.TODO_DIR)
+        # S4: the message is queued at this instant.
+        self.made.clear()
+        return self.msgid
+
+    def commit(self, fd: int, envelope: Callable[[bytearray], None]) -> int:
+        """``sync_mess(fd)`` + ``finish(envelope)`` for a caller holding the envelope already.
+
+        The same files and the same fsyncs; only intd/<id> is created and written before
+        the message's fsync instead of after it, and writeback of both files is started
+        first, so one journal commit covers the message, its mess/ link and intd/<id>
+        (two commits per message instead of three).  intd/<id> is invisible to
+        qmail-send (S3, cleaned after 36 h like S2), so every crash state is one
+        queue.md §3 allows, and todo/<id> is still linked only after the message, its
+        mess/ link and intd/<id> are all on disk.
+        """
+        try:
+            intdname = self.base + f"intd/{self.msgid}"
+            try:
+                ifd = os.open(intdname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError:
+                raise Exit(QQ.INTD_DIR)
+            self.made.append(intdname)
+            try:
+                # S3: intd exists.
+                records = bytearray(b"u%d\0p%d\0" % (self.uid, self.pid))
+                envelope(records)
+                _write_all(ifd, records)
+                start_writeback(fd)
+                start_writeback(ifd)
+                _fsync(fd)
+                _fsync(ifd)
+            finally:
+                os.close(ifd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.base + f"mess/{self.msgid % SPLIT}", QQ.MESS_DIR)
+        try:
+            os.link(intdname, self.base + f"todo/{self.msgid}")
+        except OSError:
+            raise Exit(QQ.TODO_DIR)
+        _fsync_dir(self.base + "todo", QQ.TODO_DIR)
+        # S4: the message is queued at this instant.
+        self.made.clear()
+        return self.msgid
+
+    def run(self, msg_fd: int, env_fd: int) -> int:
+        """Queue the message read from ``msg_fd`` with the envelope on ``env_fd``; return the id."""
+        fd = self.begin()
+        try:
+            while True:
+                chunk = _read(msg_fd)
+                if not chunk:
+                    break
+                _write_all(fd, chunk)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.sync_mess(fd)
+        return self.finish(lambda out: _copy_envelope(env_fd, out))
+
+    def remove_partial(self) -> None:
+        """Truncate and unlink what this run created (no todo link exists)."""
+        for name in self.made:
+            try:
+                os.truncate(name, 0)
+            except OSError:
+                pass
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
