@@ -35,7 +35,20 @@ not promise on every filesystem), and only for the messages whose fsyncs all
 succeeded does it ask qmail-clean to remove todo/<id>.  Until that request the
 message is still in S4 for crash recovery (todo/<id> exists; startup skips an
 info/<id> with a todo/<id>), so no guarantee of queue.md depends on the batch
-size; batching only lets one journal commit cover many messages.
+size; batching only lets one journal commit cover many messages.  Writeback of
+every file of the batch is started (sync_file_range) before the first fsync, so the
+batch's allocations share that commit; every fsync is still made and checked.
+
+OTHER PERFORMANCE CHOICES (none touches durability).  A pass that reaches the end of
+its channel file is followed by the next due one in the same turn (PASS_BATCH), so
+a burst of one-recipient messages fills every free slot at once.  The answer to a
+completion's ``foop/N`` is not waited for (it only decides a warning; mess/N, hence
+the id N, stays in use until qmail-clean has removed it; a crash in between leaves
+S2 for the 36 h cleanup, as before); ``todo/N`` answers are waited for.  Log lines
+are written once per turn, several whole lines per write below PIPE_BUF (the log is
+not part of the queue's state).  (sender, birth) of messages preprocessed here are
+remembered (INFO_CACHE) instead of re-reading info/<id>, and a completion looks for
+bounce/<id> before reading info/<id>.
 """
 from __future__ import annotations
 
