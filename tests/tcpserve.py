@@ -65,8 +65,11 @@ class TCPServer:
     @property
     def log(self) -> str:
         """Everything it wrote on fd 2 so far."""
-        self._log.seek(0)
-        return self._log.read().decode("latin-1")
+        # pread: the server writes through the same open file (shared offset), so
+        # seeking it here would make its next line overwrite the start of the log.
+        fd = self._log.fileno()
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0).decode("latin-1")
 
     def wait_log(self, text: str, count: int = 1) -> str:
         """Wait until ``text`` occurs ``count`` times in the log; return the log."""

@@ -843,8 +843,8 @@ class QmailSend:
             self.pass_dochan(c)
         while (msgid := self.pqfail.pop_due(self.recent)) is not None:
             self.pqadd(msgid)
-        if self.exitasap:
-            return
+        # Completions run even after TERM: they start no delivery, and a message whose
+        # last delivery just ended is then not left queued until the next start.
         for _ in range(DONE_BATCH):
             msgid = self.pqdone.pop_due(self.recent) if self.cleaner.alive else None
             if msgid is None:
