@@ -104,11 +104,16 @@ def test_sigint_right_after_accepting_loses_nothing(tmp_path):
     send(run.port, 20, "burst")
     assert run.stop() == 0          # every 250 above means the message is on disk
     again = QpyRun(home)            # a restart delivers whatever was still queued
+    def status() -> bytes:
+        return subprocess.run([sys.executable, "-c", CODE, "status", "--home", str(home)],
+                              capture_output=True).stdout
     try:
         got = wait_subjects(home, 20)
+        deadline = time.monotonic() + 30   # and completes every message (the queue empties)
+        while b"messages in queue: 0\n" not in status() and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         assert again.stop() == 0
     assert got == sorted(f"burst {i}" for i in range(20))
-    status = subprocess.run([sys.executable, "-c", CODE, "status", "--home", str(home)],
-                            capture_output=True).stdout
-    assert b"messages in queue: 0" in status and b"qmail-send: not running" in status
+    final = status()
+    assert b"messages in queue: 0" in final and b"qmail-send: not running" in final
