@@ -7,7 +7,8 @@ READS     the message on fd 0 (seekable: re-read from offset 0 for every deliver
           homedir/.qmail<dash><ext> or the -default files (control.md §4; ext lowercased,
           ``.`` → ``:``; a name holding ``/`` is never tried, so nothing an address
           holds can reach outside homedir); defaultdelivery when there is no file (with
-          an empty dash) or the file is empty.
+          an empty dash) or the file is empty; ``$USER`` in defaultdelivery becomes the
+          user, so ``/var/spool/mail/$USER`` is a default choice (qpy extension).
 WRITES    per line: ``./x/`` or ``/x/`` Maildir (tmp → fsync → link new/, fsync new/);
           ``./x`` or ``/x`` mbox (flock, ``>From `` quoting, truncate back on error);
           ``|cmd`` runs ``/bin/sh -c cmd`` in homedir with the message on fd 0 and SENDER,
@@ -353,9 +354,22 @@ def parse_args(argv: list[bytes]) -> tuple[bool, list[bytes]]:
     return doit, args
 
 
+def expand_default(defaultdelivery: bytes, user: bytes) -> bytes:
+    """``$USER`` in defaultdelivery → the user (qpy: ``/var/spool/mail/$USER`` works).
+
+    Only a user name that cannot name another directory is substituted.
+    """
+    if b"$USER" not in defaultdelivery:
+        return defaultdelivery
+    if not user or b"/" in user or user in (b".", b"..") or b"\n" in user:
+        raise Die(111, b"Unable to expand $USER in the default delivery. (#4.3.0)")
+    return defaultdelivery.replace(b"$USER", user)
+
+
 def deliver(argv: list[bytes]) -> int:
     """The whole run; returns the exit code, writing reports to fds 1 and 2."""
     doit, args = parse_args(argv)
+    args[7] = expand_default(args[7], args[0])
     try:
         os.chdir(args[1])
     except OSError as e:
