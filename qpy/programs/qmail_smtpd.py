@@ -61,6 +61,7 @@ import time
 
 from qpy import auto, control, qmailq, received, smtpio
 from qpy.errors import QmailError
+from qpy.rcpthosts import RcptHosts
 from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
 
 MAX_ADDR = 900          # longest address accepted (bytes)
@@ -100,12 +101,7 @@ class Config:
         self.greeting: bytes = greeting
         self.localiphost = control.read_line_me("localiphost")
         self.timeout = max(control.read_int("timeoutsmtpd"), 1)
-        rcpthosts = control.read_list("rcpthosts")
-        self.rcpthosts = None if rcpthosts is None else control.DomainSet(rcpthosts)
-        self.morercpthosts = None
-        if rcpthosts is not None and os.path.exists(control.control_path("morercpthosts.cdb")):
-            from qpy import cdb
-            self.morercpthosts = cdb.Table(control.control_path("morercpthosts.cdb"))
+        self.rcpthosts = RcptHosts()
         bmf = control.read_list("badmailfrom")
         self.badmailfrom = None if bmf is None else frozenset(b.lower() for b in bmf)
         self.databytes = control.read_int("databytes")
@@ -129,23 +125,10 @@ class Config:
 
     def rcpthost_ok(self, address: bytes) -> bool:
         """qmail's rcpthosts(): no @, no rcpthosts file, or the domain is listed."""
-        if self.rcpthosts is None:
-            return True
-        at = address.rfind(b"@")
-        if at < 0:
-            return True
-        domain = address[at + 1:].lower()
-        if self.rcpthosts.matches_suffix(domain):
-            return True
-        if self.morercpthosts is not None:
-            for i in range(len(domain)):
-                if i == 0 or domain[i] == 0x2E:
-                    try:
-                        if self.morercpthosts.get(domain[i:]) is not None:
-                            return True
-                    except QmailError:
-                        raise Fatal(CONTROLS)
-        return False
+        try:
+            return self.rcpthosts.accepts(address)
+        except QmailError:
+            raise Fatal(CONTROLS)
 
     def in_badmailfrom(self, address: bytes) -> bool:
         """qmail's bmfcheck(): the address, or @domain of its last @, is listed."""
