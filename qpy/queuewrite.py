@@ -232,11 +232,11 @@ class Writer:
             os.close(fd)
         _fsync_dir(self.base + f"mess/{self.msgid % SPLIT}", QQ.MESS_DIR)
 
-    def finish(self, envelope: Callable[[bytearray], None]) -> int:
-        """intd (S3) → envelope → fsync → todo link (S4) → fsync todo/; return the id.
+    def _write_intd(self, envelope: Callable[[bytearray], None]) -> int:
+        """Create intd/<id> (S3) and write ``u…\0p…\0`` + the envelope; return its open fd.
 
         ``envelope(out)`` appends the checked envelope records (without the final
-        empty one) to ``out``, which already holds ``u<uid>\0p<pid>\0``; it raises Exit.
+        empty one) to ``out``; it raises Exit.  The caller fsyncs and closes the fd.
         """
         intdname = self.base + f"intd/{self.msgid}"
         try:
@@ -249,17 +249,30 @@ class Writer:
             records = bytearray(b"u%d\0p%d\0" % (self.uid, self.pid))
             envelope(records)
             _write_all(ifd, records)
-            _fsync(ifd)
-        finally:
+        except BaseException:
             os.close(ifd)
+            raise
+        return ifd
+
+    def _link_todo(self) -> int:
+        """link intd/<id> to todo/<id> and fsync todo/ (S4); return the id."""
         try:
-            os.link(intdname, self.base + f"todo/{self.msgid}")
+            os.link(self.base + f"intd/{self.msgid}", self.base + f"todo/{self.msgid}")
         except OSError:
             raise Exit(QQ.TODO_DIR)
         _fsync_dir(self.base + "todo", QQ.TODO_DIR)
         # S4: the message is queued at this instant.
         self.made.clear()
         return self.msgid
+
+    def finish(self, envelope: Callable[[bytearray], None]) -> int:
+        """intd (S3) → envelope → fsync → todo link (S4) → fsync todo/; return the id."""
+        ifd = self._write_intd(envelope)
+        try:
+            _fsync(ifd)
+        finally:
+            os.close(ifd)
+        return self._link_todo()
 
     def commit(self, fd: int, envelope: Callable[[bytearray], None]) -> int:
         """``sync_mess(fd)`` + ``finish(envelope)`` for a caller holding the envelope already.
@@ -273,17 +286,8 @@ class Writer:
         mess/ link and intd/<id> are all on disk.
         """
         try:
-            intdname = self.base + f"intd/{self.msgid}"
+            ifd = self._write_intd(envelope)
             try:
-                ifd = os.open(intdname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except OSError:
-                raise Exit(QQ.INTD_DIR)
-            self.made.append(intdname)
-            try:
-                # S3: intd exists.
-                records = bytearray(b"u%d\0p%d\0" % (self.uid, self.pid))
-                envelope(records)
-                _write_all(ifd, records)
                 start_writeback(fd)
                 start_writeback(ifd)
                 _fsync(fd)
@@ -293,14 +297,7 @@ class Writer:
         finally:
             os.close(fd)
         _fsync_dir(self.base + f"mess/{self.msgid % SPLIT}", QQ.MESS_DIR)
-        try:
-            os.link(intdname, self.base + f"todo/{self.msgid}")
-        except OSError:
-            raise Exit(QQ.TODO_DIR)
-        _fsync_dir(self.base + "todo", QQ.TODO_DIR)
-        # S4: the message is queued at this instant.
-        self.made.clear()
-        return self.msgid
+        return self._link_todo()
 
     def run(self, msg_fd: int, env_fd: int) -> int:
         """Queue the message read from ``msg_fd`` with the envelope on ``env_fd``; return the id."""
