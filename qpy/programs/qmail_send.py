@@ -964,7 +964,9 @@ class QmailSend:
         replies = self.clean([f"todo/{p.msgid}" for p in synced])
         if replies is None:
             return
-        now = int(time.time())
+        # Due at this turn's time, so pass_do() later in the same turn starts them even
+        # when the batch's fsyncs ran into the next second.
+        now = self.recent
         for prep, reply in zip(synced, replies):
             if reply != ord("+"):
                 self.log.warning(f"qmail-clean unable to clean up todo/{prep.msgid}")
