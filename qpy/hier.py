@@ -52,6 +52,9 @@ DIRS: list[Entry] = [
     *_split("queue/local", auto.QMAILS, 0o700),
     *_split("queue/remote", auto.QMAILS, 0o700),
     Entry("queue/lock", "d", auto.QMAILQ, Q, 0o750),
+    # qpy: finished queue inodes kept for reuse (qpy.spare): qmailq's and qmail-send's.
+    Entry("queue/spareq", "d", auto.QMAILQ, Q, 0o700),
+    Entry("queue/spares", "d", auto.QMAILS, Q, 0o700),
     Entry("queue/lock/tcpto", "z", auto.QMAILR, Q, 0o644, 1024),
     Entry("queue/lock/tcpto6", "z", auto.QMAILR, Q, 0o644, 2048),   # qpy: IPv6 records (qpy.tcpto)
     Entry("queue/lock/sendmutex", "z", auto.QMAILS, Q, 0o600, 0),

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 
-from qpy import auto, prot, received
+from qpy import auto, prot, received, spare
 from qpy.auto import SPLIT
 from qpy.envelope import MAX_ADDR
 from qpy.exitcodes import QQ
@@ -43,8 +43,9 @@ def start_writeback(fd: int) -> None:
 
 
 def prepare() -> None:
-    """Look sync_file_range up now (ctypes, ~1 ms), e.g. in a parent before it forks."""
+    """Look sync_file_range and renameat2 up now (ctypes, ~1 ms), e.g. in a parent before it forks."""
     global _sync_file_range
+    spare.prepare()
     if _sync_file_range is not None:
         return
     try:
@@ -180,6 +181,25 @@ class Writer:
         self.base = base            # "" = the cwd is queue/; else a path ending in "/"
         self.msgid = 0
         self.made: list[str] = []
+        self.spares = spare.pool(self.base + spare.SPAREQ)
+        self.reused: set[int] = set()   # fds of spares (qpy.spare): trimmed before their fsync
+
+    def _create(self, name: str) -> int:
+        """A spare renamed to ``name`` or a new file (O_EXCL, 0644 under umask 033)."""
+        fd = self.spares.take(name, 0o644)
+        if fd is None:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.reused.add(fd)
+        return fd
+
+    def _trim(self, fd: int, length: int | None = None) -> None:
+        """Cut a spare to what was written; a failure is exit 53."""
+        if fd in self.reused:
+            self.reused.discard(fd)
+            try:
+                spare.trim(fd, os.lseek(fd, 0, os.SEEK_CUR) if length is None else length)
+            except OSError:
+                raise Exit(QQ.WRITE_ERROR)
 
     def open_pid_file(self) -> tuple[int, str]:
         """Create pid/<pid>.<time>.<seq> exclusively (exit 63 if nine tries fail)."""
@@ -187,7 +207,7 @@ class Writer:
         for seq in range(1, 10):
             name = self.base + f"pid/{self.pid}.{now}.{seq}"
             try:
-                return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), name
+                return self._create(name), name
             except OSError:
                 continue
         raise Exit(QQ.PID_DIR)
@@ -227,8 +247,10 @@ class Writer:
     def sync_mess(self, fd: int) -> None:
         """fsync the message, close it, and make its mess/ link durable."""
         try:
+            self._trim(fd)
             _fsync(fd)
         finally:
+            self.reused.discard(fd)
             os.close(fd)
         _fsync_dir(self.base + f"mess/{self.msgid % SPLIT}", QQ.MESS_DIR)
 
@@ -240,7 +262,7 @@ class Writer:
         """
         intdname = self.base + f"intd/{self.msgid}"
         try:
-            ifd = os.open(intdname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            ifd = self._create(intdname)
         except OSError:
             raise Exit(QQ.INTD_DIR)
         self.made.append(intdname)
@@ -249,7 +271,9 @@ class Writer:
             records = bytearray(b"u%d\0p%d\0" % (self.uid, self.pid))
             envelope(records)
             _write_all(ifd, records)
+            self._trim(ifd, len(records))
         except BaseException:
+            self.reused.discard(ifd)
             os.close(ifd)
             raise
         return ifd
@@ -288,6 +312,7 @@ class Writer:
         try:
             ifd = self._write_intd(envelope)
             try:
+                self._trim(fd)
                 start_writeback(fd)
                 start_writeback(ifd)
                 _fsync(fd)
@@ -295,6 +320,7 @@ class Writer:
             finally:
                 os.close(ifd)
         finally:
+            self.reused.discard(fd)
             os.close(fd)
         _fsync_dir(self.base + f"mess/{self.msgid % SPLIT}", QQ.MESS_DIR)
         return self._link_todo()

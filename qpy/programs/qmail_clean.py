@@ -4,6 +4,9 @@ SYNOPSIS  qmail-clean    (started by qmail-start)
 RUNS AS   qmailq, group qmail; cwd QMAILHOME/queue.
 PROTOCOL  in on fd 0: ``foop/<id>\\0`` (unlink intd/<id>, then mess/<id%23>/<id>) or
           ``todo/<id>\\0`` (unlink intd/<id>, then todo/<id>); a missing file is fine.
+          The last file of each request, the inode's last link, is moved into
+          queue/spareq for reuse instead of unlinked (qpy.spare), which for the
+          queue is the same step.
           out on fd 1, one byte per request: ``+`` done, ``!`` an unlink failed,
           ``x`` malformed (shorter than 7 or longer than 100 bytes with its NUL, id not
           all digits, unknown prefix).  (protocols.md §6)
@@ -21,7 +24,7 @@ import os
 import signal
 import time
 
-from qpy import auto, queuedir
+from qpy import auto, queuedir, spare
 from qpy.schedule import OSSIFIED
 
 CLEANUP_EVERY = 30
@@ -48,15 +51,20 @@ def cleanup_pid(now: float) -> None:
             continue
 
 
-def _unlink_all(paths: tuple[str, ...]) -> bool:
-    """Unlink in order; ENOENT is success; stop at the first real failure."""
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return False
+def _remove(intd: str, last: str) -> bool:
+    """Unlink ``intd``, then give ``last`` to the spares; ENOENT is success; stop at a failure."""
+    try:
+        os.unlink(intd)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    try:
+        spare.pool(spare.SPAREQ).give(last)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
     return True
 
 
@@ -69,12 +77,12 @@ def handle(request: bytes) -> bytes:
         return b"x"
     msgid = int(digits)
     if prefix == b"foop/":
-        paths = (queuedir.intd(msgid), queuedir.mess(msgid))
+        last = queuedir.mess(msgid)
     elif prefix == b"todo/":
-        paths = (queuedir.intd(msgid), queuedir.todo(msgid))
+        last = queuedir.todo(msgid)
     else:
         return b"x"
-    return b"+" if _unlink_all(paths) else b"!"
+    return b"+" if _remove(queuedir.intd(msgid), last) else b"!"
 
 
 def _reply(fd: int, byte: bytes) -> None:

@@ -48,7 +48,9 @@ S2 for the 36 h cleanup, as before); ``todo/N`` answers are waited for.  Log lin
 are written once per turn, several whole lines per write below PIPE_BUF (the log is
 not part of the queue's state).  (sender, birth) of messages preprocessed here are
 remembered (INFO_CACHE) instead of re-reading info/<id>, and a completion looks for
-bounce/<id> before reading info/<id>.
+bounce/<id> before reading info/<id>.  Finished info/ and channel files are
+moved into queue/spares and new ones taken from there (qpy.spare: the same queue
+states as unlink and O_EXCL create, without an inode to allocate and free).
 """
 from __future__ import annotations
 
@@ -61,9 +63,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from qpy import auto, bounce, control, log, prot, queuedir, trigger
+from qpy import auto, bounce, control, log, prot, queuedir, spare, trigger
 from qpy.queuewrite import start_writeback
 from qpy.errors import ControlError
 from qpy.rewrite import Rewriter
@@ -374,6 +376,7 @@ class Prep:
     files: dict[str, int]
     channels: list[bool]
     info: tuple[bytes, int] | None = None     # what getinfo() will read back
+    reused: set[int] = field(default_factory=set)   # fds of spares: trimmed after writing
 
     def close(self) -> None:
         """Close every file still open."""
@@ -438,6 +441,7 @@ class QmailSend:
         self.numjobs = sum(concurrency)
         self.jobs_open = 0
         self.cleaner = Cleaner()
+        self.spares = spare.pool(spare.SPARES)   # info/local/remote inodes for reuse
         # (sender, birth) of messages preprocessed by this process, as getinfo() would
         # read them back from info/<id> (which nothing else writes); saves two file
         # reads per message.  Dropped at completion; bounded by INFO_CACHE.
@@ -599,7 +603,7 @@ class QmailSend:
         if job.hiteof and not job.numtodo:
             path = queuedir.channel(c, msgid)
             try:
-                os.unlink(path)
+                self.spares.give(path)
             except OSError:
                 self.log.warning(f"unable to unlink {path}; will try again later")
                 due = int(time.time()) + SLEEP_SYSFAIL
@@ -821,7 +825,7 @@ class QmailSend:
             return
         self.log.line(log.end_msg(msgid))
         try:
-            os.unlink(path)
+            self.spares.give(path)
         except OSError:
             self.log.warning(f"unable to unlink {path}; will try again later")
             self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
@@ -852,6 +856,15 @@ class QmailSend:
             self.messdone(msgid)
 
     # -- preprocessing (queue.md §4)
+    def create(self, prep: Prep, path: str) -> None:
+        """Open ``path`` for ``prep`` as a spare (qpy.spare) or a new file (O_EXCL, 0600)."""
+        fd = self.spares.take(path, 0o600)
+        if fd is None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        else:
+            prep.reused.add(fd)
+        prep.files[path] = fd
+
     def preprocess(self, msgid: int) -> Prep | None:
         """Write info/<id> and the channel files from todo/<id>; nothing is synced yet."""
         todo = queuedir.todo(msgid)
@@ -874,7 +887,7 @@ class QmailSend:
             self.log.warning(f"unable to unlink {path}")
             return None
         try:
-            prep.files[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.create(prep, path)
         except OSError:
             self.log.warning(f"unable to create {path}")
             return None
@@ -899,7 +912,7 @@ class QmailSend:
                 path = queuedir.channel(c, msgid)
                 if not prep.channels[c]:
                     try:
-                        prep.files[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                        self.create(prep, path)
                     except OSError:
                         self.log.warning(f"unable to create {path}")
                         prep.close()
@@ -913,7 +926,10 @@ class QmailSend:
                 return None
         for path, buf in out.items():
             try:
-                write_all(prep.files[path], buf)
+                fd = prep.files[path]
+                write_all(fd, buf)
+                if fd in prep.reused:
+                    spare.trim(fd, len(buf))
             except OSError:
                 self.log.warning(f"trouble writing to {path}")
                 prep.close()

@@ -628,3 +628,26 @@ def test_bad_queue_contents_are_warnings_not_crashes(home, send_factory):
     for msgid in (b, d):
         assert qfile(home, queuedir.todo(msgid)).exists()  # left for a later try
     assert qfile(home, queuedir.local(c)).read_bytes() == b"Tok.c@test.example\0"
+
+
+def test_info_and_channel_files_reuse_spares_and_return_to_them(home, send_factory):
+    spares = home / "queue" / "spares"
+    stale = []
+    for n in range(3):
+        f = home / f"stale{n}"
+        f.write_bytes(b"Tstale.recipient@test.example\0" * 50)
+        stale.append(f.stat().st_ino)
+        os.rename(f, spares / str(stale[-1]))
+    msgid = queue(MSG, b"joe@a.example", [b"hold.1@test.example", b"ok.2@remote.example"])
+    s = send_factory()
+    s.wait_log(r"^starting delivery \d+: msg \d+ to local hold")
+    info, local = qfile(home, queuedir.info(msgid)), qfile(home, queuedir.local(msgid))
+    assert info.read_bytes() == b"Fjoe@a.example\0"            # stale bytes cut off
+    assert local.read_bytes() == b"Thold.1@test.example\0"
+    assert info.stat().st_mode & 0o777 == 0o600 and local.stat().st_ino in stale
+    assert info.stat().st_ino in stale
+    s.release()
+    s.wait_log(r"^end msg %d$" % msgid)
+    assert s.stop() == 0
+    assert queue_files(home) == []
+    assert sorted(int(n) for n in os.listdir(spares)) == sorted(stale)   # all three back

@@ -1,0 +1,221 @@
+"""Spare queue inodes: finished queue files kept for reuse instead of unlinked.
+
+Every message passes through four queue inodes (mess/N, intd/N = todo/N, info/N and
+a channel file).  Creating an inode and freeing it again is the dearest thing the
+queue does to the filesystem: an inode and a block to allocate, and on freeing, the
+block and inode bitmaps to update (a discard on a ``discard`` mount).  On ext4 without
+a journal every later create in the same block group also skips each inode freed in
+the last minutes, so creating costs more the busier the queue is.  So the programs
+that finish with a queue file move it into a spare directory (``queue/spareq`` for
+qmailq's mess and intd/todo inodes, ``queue/spares`` for qmail-send's info and channel
+files) and the programs that need a new one take a spare from there first.
+
+Rules that keep the queue's guarantees (queue.md) exactly as with new files:
+
+- A spare is named by its own inode number and has no other link, so it is not a
+  message and no queue file refers to its number; taking it makes that number the
+  new message id exactly as a new inode would (the kernel gives no live inode's
+  number to another file).
+- Taking is ``renameat2(RENAME_NOREPLACE)`` from the spare directory to the name the
+  caller would have created with O_EXCL: atomic (of two takers one gets ENOENT and
+  tries another spare) and never replacing an existing file (EEXIST, as O_EXCL).
+- A taken file is checked (regular, one link, ours), gets mode ``mode``, its atime
+  and mtime are set to now (the 36 h cleanups read atime), and the caller writes it
+  from offset 0 and cuts it to its new length (``trim``) before its fsync; until that
+  fsync it is in a state (pid/, S2, S3, or info/local/remote with todo/N present)
+  that is never delivered and is cleaned or redone as after any crash.
+- Giving is a rename out of the queue's name space, the same transition as the
+  unlink it replaces; files above SIZE_MAX are cut to 0 bytes first (their blocks
+  go, the inode stays), and when the directory holds MAX spares the file is
+  unlinked instead.
+- Anything unexpected (no spare directory, renameat2 missing, EACCES) falls back to
+  creating and unlinking, for the life of the process.
+"""
+from __future__ import annotations
+
+import os
+import random
+import stat
+
+MAX = 1024                 # spares kept per directory
+SIZE_MAX = 16384           # larger files are cut to 0 bytes before they are kept
+SCAN = 64                  # spare names read per directory scan
+EMPTY_PAUSE = 64           # takes that create new files after a scan found none
+COUNT_EVERY = 64           # gives between two counts of the directory
+
+SPAREQ = "spareq"          # qmailq's spares (mess, intd/todo), relative to queue/
+SPARES = "spares"          # qmail-send's spares (info, local, remote)
+
+_renameat2 = None
+
+
+def _load() -> bool:
+    """Look renameat2 up (ctypes, once per process); False where it is missing."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            func = libc.renameat2
+            func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                             ctypes.c_uint)
+            func.restype = ctypes.c_int
+            _renameat2 = (func, ctypes.get_errno)
+        except (ImportError, OSError, AttributeError):
+            _renameat2 = False
+    return bool(_renameat2)
+
+
+def prepare() -> None:
+    """Load renameat2 now, e.g. in a warm parent before it forks."""
+    _load()
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists; OSError as rename(2) gives it."""
+    func, get_errno = _renameat2
+    if func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) != 0:
+        err = get_errno()
+        raise OSError(err, os.strerror(err), src, None, dst)
+
+
+class Pool:
+    """One spare directory as a process sees it."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.enabled = True
+        self.names: list[str] = []
+        self.pause = 0              # takes left before the next scan of an empty directory
+        self.count = -1             # spares counted at the last count (-1: not yet)
+        self.gives = 0
+
+    def _off(self) -> None:
+        self.enabled = False
+        self.names = []
+
+    def _scan(self) -> None:
+        """Read up to SCAN spare names, in random order (many takers scan at once)."""
+        names: list[str] = []
+        try:
+            with os.scandir(self.dir) as it:
+                for entry in it:
+                    if entry.name.isdigit():
+                        names.append(entry.name)
+                        if len(names) >= SCAN:
+                            break
+        except OSError:
+            self._off()
+            return
+        random.shuffle(names)
+        self.names = names
+        if not names:
+            self.pause = EMPTY_PAUSE
+
+    def take(self, dest: str, mode: int) -> int | None:
+        """An fd (O_WRONLY, offset 0) on a spare now named ``dest``, or None: create it.
+
+        FileExistsError if ``dest`` exists, as O_EXCL would raise it.
+        """
+        if not self.enabled or not _load():
+            self._off()
+            return None
+        while True:
+            if not self.names:
+                if self.pause:
+                    self.pause -= 1
+                    return None
+                self._scan()
+                if not self.names:
+                    return None
+            name = self.names.pop()
+            try:
+                rename_noreplace(f"{self.dir}/{name}", dest)
+            except FileNotFoundError:
+                continue            # another process took it (or dest's directory is gone)
+            except FileExistsError:
+                raise
+            except OSError:
+                self._off()
+                return None
+            fd = self._check(dest, mode)
+            if fd is not None:
+                return fd
+
+    def _check(self, path: str, mode: int) -> int | None:
+        """Open a taken spare and make it fit for use; None (and it is unlinked) if it is not."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        try:
+            if fd >= 0:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
+                    if stat.S_IMODE(st.st_mode) != mode:
+                        os.fchmod(fd, mode)
+                    os.utime(fd)
+                    return fd
+        except OSError:
+            pass
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return None
+
+    def give(self, path: str) -> None:
+        """Move the finished queue file ``path`` into the spares, or unlink it.
+
+        Raises OSError as unlink(path) would (FileNotFoundError if it is missing).
+        """
+        st = os.lstat(path)
+        if self.enabled and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and not self._full():
+            try:
+                if st.st_size > SIZE_MAX:
+                    os.truncate(path, 0)
+                os.rename(path, f"{self.dir}/{st.st_ino}")
+                self.count += 1
+                return
+            except FileNotFoundError:
+                if not os.path.lexists(path):
+                    raise
+                self._off()
+            except OSError:
+                self._off()
+        os.unlink(path)
+
+    def _full(self) -> bool:
+        """True if the directory held MAX spares at the last count (counted every COUNT_EVERY)."""
+        self.gives -= 1
+        if self.gives <= 0 or self.count < 0:
+            self.gives = COUNT_EVERY
+            try:
+                with os.scandir(self.dir) as it:
+                    self.count = sum(1 for _ in it)
+            except OSError:
+                self._off()
+                return True
+        return self.count >= MAX
+
+
+def trim(fd: int, length: int) -> None:
+    """Cut a taken spare to the ``length`` bytes just written."""
+    os.ftruncate(fd, length)
+
+
+_pools: dict[str, Pool] = {}
+
+
+def pool(directory: str) -> Pool:
+    """The process's Pool for ``directory`` (one per process, so its scan is shared)."""
+    found = _pools.get(directory)
+    if found is None:
+        found = _pools[directory] = Pool(directory)
+    return found
