@@ -16,7 +16,11 @@ processes running qmail-queue's own writer, with 10 000 and 100 000 messages; ra
 and CPU per message at each size).  For both servers (at the first session
 count) also memory per idle SMTP session (PSS and RSS from /proc/<pid>/smaps_rollup)
 and accept→Maildir latency on an idle instance (one client, 50 messages in turn).
-Every figure comes from this one run on this machine.
+Every figure comes from this one run on this machine.  On ext4 without a journal a
+create skips every inode freed in its block group in the last minutes, so one
+server's files must not share a block group with another's: each scratch directory
+is made below a directory marked as the top of a hierarchy (``chattr +T``, where ext4
+spreads new directories over block groups), and all are removed only at the end.
 Needs root for Postfix; without it the Postfix columns are skipped.
 """
 from __future__ import annotations
@@ -35,6 +39,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 TICK = os.sysconf("SC_CLK_TCK")
+SCRATCH: list[Path] = []      # removed at the end of the run (see the docstring)
+
+
+def scratch(prefix: str) -> Path:
+    """A new temporary directory in a block group of its own, kept until the run ends."""
+    if not SCRATCH:
+        root = Path(tempfile.mkdtemp(prefix="qpy-bench-root-"))
+        os.chmod(root, 0o755)
+        subprocess.run(["chattr", "+T", str(root)], stderr=subprocess.DEVNULL, check=False)
+        SCRATCH.append(root)
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH[0]))
+    os.chmod(base, 0o755)
+    return base
 
 
 # -- process trees and /proc ---------------------------------------------------------
@@ -137,7 +154,7 @@ class PostfixServer:
 
     def __init__(self, base: Path) -> None:
         from postfix import Postfix
-        self.pf = Postfix()
+        self.pf = Postfix(base)
         self.port = self.pf.port
 
     def start(self) -> None:
@@ -193,7 +210,7 @@ def queue_only(n: int) -> dict:
     if hasattr(qmailq, "start"):        # (a qpy older than the in-process writer has none)
         paths.insert(0, ("direct", "", "qmailq.start()"))
     for label, force, job in paths:
-        base = Path(tempfile.mkdtemp(prefix="qpy-bench-q-"))
+        base = scratch("qpy-bench-q-")
         home = base / "qmail"
         code = (
             "import os, sys, time\n"
@@ -214,7 +231,6 @@ def queue_only(n: int) -> dict:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, env=env)
         secs = float(r.stdout)
         out[label] = round(n / secs, 1)
-        shutil.rmtree(base, ignore_errors=True)
     return out
 
 
@@ -250,7 +266,7 @@ def prefill(home: Path, count: int) -> float:
 
 def delivery_only(count: int) -> dict:
     """qmail-send draining ``count`` pre-queued messages into one Maildir."""
-    base = Path(tempfile.mkdtemp(prefix="qpy-bench-d-"))
+    base = scratch("qpy-bench-d-")
     home = base / "qmail"
     fill_secs = prefill(home, count)
     new = home / "users" / "bench" / "Maildir" / "new"
@@ -274,7 +290,6 @@ def delivery_only(count: int) -> dict:
     finally:
         proc.send_signal(15)
         proc.wait(120)
-        shutil.rmtree(base, ignore_errors=True)
     return {"messages": count, "prefill_seconds": round(fill_secs, 1), "seconds": round(secs, 1),
             "rate": round(count / secs, 1), "cpu_ms_per_msg": round(cpu * 1000 / count, 3)}
 
@@ -298,8 +313,7 @@ def main() -> None:
     for c in sessions:
         row = {}
         for cls in ([Qpy, PostfixServer] if with_postfix else [Qpy]):
-            base = Path(tempfile.mkdtemp(prefix="qpy-bench-"))
-            os.chmod(base, 0o755)
+            base = scratch("qpy-bench-")
             server = cls(base)
             server.start()
             try:
@@ -312,7 +326,6 @@ def main() -> None:
                     row[server.name]["idle_latency_ms_p90"] = idle["latency_ms_p90"]
             finally:
                 server.stop()
-                shutil.rmtree(base, ignore_errors=True)
         report[f"smtp_{c}_sessions"] = row
         q = row["qpy"]
         line = (f"{c:>3} sessions  qpy: accept {q['accept_rate']}/s, end-to-end {q['end_to_end_rate']}/s, "
@@ -340,4 +353,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        for path in SCRATCH:
+            shutil.rmtree(path, ignore_errors=True)

@@ -26,8 +26,11 @@ Rules that keep the queue's guarantees (queue.md) exactly as with new files:
   that is never delivered and is cleaned or redone as after any crash.
 - Giving is a rename out of the queue's name space, the same transition as the
   unlink it replaces; files above SIZE_MAX are cut to 0 bytes first (their blocks
-  go, the inode stays), and when the directory holds MAX spares the file is
-  unlinked instead.
+  go, the inode stays).  When the directory holds MAX spares, the given file is
+  still renamed into it and then unlinked by a helper thread of the giving
+  process: unlinking frees blocks (with a synchronous discard on a ``discard``
+  mount), which would otherwise stall the giver's loop.  Nothing depends on that
+  unlink; a spare it misses (the process exits first) stays a spare.
 - Anything unexpected (no spare directory, renameat2 missing, EACCES) falls back to
   creating and unlinking, for the life of the process.
 """
@@ -36,6 +39,8 @@ from __future__ import annotations
 import os
 import random
 import stat
+import threading
+from collections import deque
 
 MAX = 1024                 # spares kept per directory
 SIZE_MAX = 16384           # larger files are cut to 0 bytes before they are kept
@@ -176,12 +181,17 @@ class Pool:
         Raises OSError as unlink(path) would (FileNotFoundError if it is missing).
         """
         st = os.lstat(path)
-        if self.enabled and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and not self._full():
+        if self.enabled and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             try:
                 if st.st_size > SIZE_MAX:
                     os.truncate(path, 0)
-                os.rename(path, f"{self.dir}/{st.st_ino}")
-                self.count += 1
+                name = f"{self.dir}/{st.st_ino}"
+                full = self._full()
+                os.rename(path, name)
+                if full:
+                    _unlink_soon(os.path.abspath(name))
+                else:
+                    self.count += 1
                 return
             except FileNotFoundError:
                 if not os.path.lexists(path):
@@ -203,6 +213,47 @@ class Pool:
                 self._off()
                 return True
         return self.count >= MAX
+
+
+_doomed: deque[str] = deque()
+_wake = threading.Condition()
+_unlinker_pid = 0
+
+
+def _unlinker() -> None:
+    """Unlink the spares handed to _unlink_soon, for the life of the process."""
+    while True:
+        with _wake:
+            while not _doomed:
+                _wake.wait()
+            path = _doomed.popleft()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass        # taken meanwhile, or gone: either way no longer an excess spare
+
+
+def _after_fork() -> None:
+    """A forked child starts with no unlinker and a fresh lock (the parent's may be held)."""
+    global _wake, _unlinker_pid
+    _wake = threading.Condition()
+    _unlinker_pid = 0
+    _doomed.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _unlink_soon(path: str) -> None:
+    """Have the process's unlinker thread unlink ``path`` (started on first use, per process)."""
+    global _unlinker_pid
+    with _wake:
+        if _unlinker_pid != os.getpid():
+            _unlinker_pid = os.getpid()
+            _doomed.clear()
+            threading.Thread(target=_unlinker, name="spare-unlinker", daemon=True).start()
+        _doomed.append(path)
+        _wake.notify()
 
 
 def trim(fd: int, length: int) -> None:
