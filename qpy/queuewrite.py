@@ -184,9 +184,12 @@ class Writer:
         self.spares = spare.pool(self.base + spare.SPAREQ)
         self.reused: set[int] = set()   # fds of spares (qpy.spare): trimmed before their fsync
 
-    def _create(self, name: str) -> int:
-        """A spare renamed to ``name`` or a new file (O_EXCL, 0644 under umask 033)."""
-        fd = self.spares.take(name, 0o644)
+    def _create(self, name: str, touch: bool = False) -> int:
+        """A spare renamed to ``name`` or a new file (O_EXCL, 0644 under umask 033).
+
+        ``touch``: the mess file's atime must be now (the 36 h cleanups read it).
+        """
+        fd = self.spares.take(name, 0o644, touch)
         if fd is None:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.reused.add(fd)
@@ -207,7 +210,7 @@ class Writer:
         for seq in range(1, 10):
             name = self.base + f"pid/{self.pid}.{now}.{seq}"
             try:
-                return self._create(name), name
+                return self._create(name, touch=True), name
             except OSError:
                 continue
         raise Exit(QQ.PID_DIR)

@@ -20,7 +20,8 @@ Rules that keep the queue's guarantees (queue.md) exactly as with new files:
   caller would have created with O_EXCL: atomic (of two takers one gets ENOENT and
   tries another spare) and never replacing an existing file (EEXIST, as O_EXCL).
 - A taken file is checked (regular, one link, ours), gets mode ``mode``, its atime
-  and mtime are set to now (the 36 h cleanups read atime), and the caller writes it
+  and mtime are set to now if ``touch`` (for pid/ and mess/ files: the 36 h cleanups
+  read atime; everything else gets a new mtime from its write), and the caller writes it
   from offset 0 and cuts it to its new length (``trim``) before its fsync; until that
   fsync it is in a state (pid/, S2, S3, or info/local/remote with todo/N present)
   that is never delivered and is cleaned or redone as after any crash.
@@ -121,7 +122,7 @@ class Pool:
         if not names:
             self.pause = EMPTY_PAUSE
 
-    def take(self, dest: str, mode: int) -> int | None:
+    def take(self, dest: str, mode: int, touch: bool = False) -> int | None:
         """An fd (O_WRONLY, offset 0) on a spare now named ``dest``, or None: create it.
 
         FileExistsError if ``dest`` exists, as O_EXCL would raise it.
@@ -147,11 +148,11 @@ class Pool:
             except OSError:
                 self._off()
                 return None
-            fd = self._check(dest, mode)
+            fd = self._check(dest, mode, touch)
             if fd is not None:
                 return fd
 
-    def _check(self, path: str, mode: int) -> int | None:
+    def _check(self, path: str, mode: int, touch: bool) -> int | None:
         """Open a taken spare and make it fit for use; None (and it is unlinked) if it is not."""
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -163,7 +164,8 @@ class Pool:
                 if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
                     if stat.S_IMODE(st.st_mode) != mode:
                         os.fchmod(fd, mode)
-                    os.utime(fd)
+                    if touch:
+                        os.utime(fd)
                     return fd
         except OSError:
             pass

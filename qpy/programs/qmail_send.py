@@ -157,18 +157,18 @@ def command(slot: int, msgid: int, sender: bytes, recip: bytes) -> bytes:
             + verp(sender, recip) + b"\0" + recip + b"\0")
 
 
-def read_file(path: str) -> tuple[bytes, os.stat_result]:
-    """The whole file and its stat; OSError on trouble."""
+def read_file(path: str, with_mtime: bool = False) -> tuple[bytes, int]:
+    """The whole file and (if ``with_mtime``) its mtime, else 0; OSError on trouble."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        st = os.fstat(fd)
+        mtime = int(os.fstat(fd).st_mtime) if with_mtime else 0
         parts = []
         while True:
             chunk = os.read(fd, READ_CHUNK)
             if not chunk:
                 break
             parts.append(chunk)
-        return b"".join(parts), st
+        return b"".join(parts), mtime
     finally:
         os.close(fd)
 
@@ -446,6 +446,15 @@ class QmailSend:
         # read them back from info/<id> (which nothing else writes); saves two file
         # reads per message.  Dropped at completion; bounded by INFO_CACHE.
         self.infos: dict[int, tuple[bytes, int]] = {}
+        # Ids this process appended a bounce to: for a message in self.infos (so
+        # preprocessed here; a bounce/<id> is only ever made after that), bounce/<id>
+        # exists exactly when its id is here.
+        self.bounced: set[int] = set()
+        # queue.md §4 step 2 (unlink leftovers of an earlier attempt) is needed only
+        # for ids in todo/ when this process started, all of which the first full scan
+        # of todo/ meets, and for ids whose preprocessing here did not reach S5.
+        self.todo_scanned = False
+        self.prep_open: set[int] = set()
         self.pqchan = [TimedQueue(), TimedQueue()]
         self.pqdone = TimedQueue()
         self.pqfail = TimedQueue()
@@ -579,13 +588,13 @@ class QmailSend:
         if cached is not None:
             return cached
         try:
-            data, st = read_file(queuedir.info(msgid))
+            data, mtime = read_file(queuedir.info(msgid), with_mtime=True)
         except OSError:
             return None
         end = data.find(b"\0")
         if end == -1 or data[:1] != b"F":
             return None
-        return data[1:end], int(st.st_mtime)
+        return data[1:end], mtime
 
     # -- jobs and passes (queue.md §5)
     def job_avail(self) -> bool:
@@ -698,9 +707,7 @@ class QmailSend:
         try:
             fd = os.open(path, os.O_WRONLY)
             try:
-                os.fstat(fd)
-                os.lseek(fd, pos, os.SEEK_SET)
-                if os.write(fd, b"D") != 1:
+                if os.pwrite(fd, b"D", pos) != 1:
                     raise OSError(errno.EIO, "short write")
             finally:
                 os.close(fd)
@@ -713,6 +720,7 @@ class QmailSend:
         while True:
             try:
                 bounce.append(queuedir.bounce(msgid), data)
+                self.bounced.add(msgid)
                 return
             except OSError:
                 self.log.alert("unable to append to bounce message; HELP! sleeping...")
@@ -773,6 +781,8 @@ class QmailSend:
     def injectbounce(self, msgid: int) -> bool:
         """Send the bounce for a finished message if there is one; False to retry later."""
         path = queuedir.bounce(msgid)
+        if msgid in self.infos and msgid not in self.bounced:
+            return True     # (see self.bounced)
         try:
             if not bounce.exists(path):
                 return True
@@ -804,17 +814,25 @@ class QmailSend:
         except OSError:
             self.log.warning(f"unable to unlink {path}")
             return False
+        self.bounced.discard(msgid)
         return True
 
     def messdone(self, msgid: int) -> None:
-        """Every recipient is finished: bounce, ``end msg``, unlink info, clean foop/<id>."""
-        path = ""
+        """Every recipient is finished: bounce, ``end msg``, unlink info, clean foop/<id>.
+
+        For a message preprocessed here (in self.infos) the files are not looked at:
+        it is scheduled here only once both channel files are gone, nothing else
+        makes them or todo/<id> again while the id is in use, and info/<id> goes
+        only at the end of this method (which then drops it from self.infos).
+        """
+        path = queuedir.info(msgid)
         try:
-            for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.todo(msgid)):
+            for path in () if msgid in self.infos else (
+                    queuedir.local(msgid), queuedir.remote(msgid), queuedir.todo(msgid)):
                 if stat_exists(path):
                     return  # still busy, or to be preprocessed again
             path = queuedir.info(msgid)
-            if not stat_exists(path):
+            if msgid not in self.infos and not stat_exists(path):
                 return
         except OSError:
             self.log.warning(f"unable to stat {path}; will try again later")
@@ -867,6 +885,8 @@ class QmailSend:
 
     def preprocess(self, msgid: int) -> Prep | None:
         """Write info/<id> and the channel files from todo/<id>; nothing is synced yet."""
+        leftovers = not self.todo_scanned or msgid in self.prep_open
+        self.prep_open.add(msgid)      # until S5 is reached (commit)
         todo = queuedir.todo(msgid)
         try:
             data, _ = read_file(todo)
@@ -880,12 +900,14 @@ class QmailSend:
             self.log.warning(f"unable to stat {path}")
             return None
         prep = Prep(msgid, {}, [False, False])
-        try:
-            for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.info(msgid)):
-                unlink_missing_ok(path)  # leftovers of an earlier attempt
-        except OSError:
-            self.log.warning(f"unable to unlink {path}")
-            return None
+        if leftovers:
+            try:
+                for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.info(msgid)):
+                    unlink_missing_ok(path)  # leftovers of an earlier attempt
+            except OSError:
+                self.log.warning(f"unable to unlink {path}")
+                return None
+        path = queuedir.info(msgid)
         try:
             self.create(prep, path)
         except OSError:
@@ -988,6 +1010,7 @@ class QmailSend:
                 self.log.warning(f"qmail-clean unable to clean up todo/{prep.msgid}")
                 continue
             # S4 -> S5: the message is preprocessed.
+            self.prep_open.discard(prep.msgid)
             if prep.info is not None and len(self.infos) < INFO_CACHE:
                 self.infos[prep.msgid] = prep.info
             for c in CHANNELS:
@@ -1015,9 +1038,10 @@ class QmailSend:
         while len(ids) < TODO_BATCH:
             try:
                 entry = next(self.todo_iter)
-            except (StopIteration, OSError):
+            except (StopIteration, OSError) as e:
                 self.todo_iter.close()
                 self.todo_iter = None
+                self.todo_scanned = self.todo_scanned or isinstance(e, StopIteration)
                 break
             msgid = queuedir.parse_id(entry.name)
             if msgid is not None:

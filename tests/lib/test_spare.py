@@ -37,7 +37,7 @@ def test_give_names_the_spare_by_its_inode_and_take_reuses_it(tmp_path):
     (ino,) = fill(pool, 1)
     assert sorted(os.listdir(pool)) == [str(ino)]
     dest = tmp_path / "new"
-    fd = spare.Pool(str(pool)).take(str(dest), 0o644)
+    fd = spare.Pool(str(pool)).take(str(dest), 0o644, touch=True)
     assert fd is not None
     try:
         os.write(fd, b"new")
