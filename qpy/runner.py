@@ -65,9 +65,16 @@ class Runner:
 
     def emit(self, name: str, line: bytes) -> None:
         """Show one log line and append it to log/current."""
-        text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {line.decode('utf-8', 'replace').rstrip()}"
-        print(text, file=self.out, flush=True)
-        self.log.write(text + "\n")
+        self.emit_lines(name, [line])
+
+    def emit_lines(self, name: str, lines: list[bytes]) -> None:
+        """Show log lines and append them to log/current (one write to each)."""
+        stamp = time.strftime('%Y-%m-%d %H:%M:%S')
+        text = "".join(f"{stamp} {name}: {line.decode('utf-8', 'replace').rstrip()}\n"
+                       for line in lines)
+        self.out.write(text)
+        self.out.flush()
+        self.log.write(text)
         self.log.flush()
 
     def stop(self, *_: object) -> None:
@@ -108,11 +115,11 @@ class Runner:
                     continue
                 lines = (buffers[name] + chunk).split(b"\n")
                 buffers[name] = lines.pop()
-                for line in lines:
-                    if name == "smtp":
+                if name == "smtp":
+                    for line in lines:
                         self.emit_smtp(line)
-                    else:
-                        self.emit(name, line)
+                elif lines:
+                    self.emit_lines(name, lines)
             for name, proc in self.children.items():
                 if proc.poll() is not None and not self.stopping:
                     self.emit("qpy", f"{name} exited with status {proc.returncode}; stopping".encode())

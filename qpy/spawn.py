@@ -347,7 +347,8 @@ class Spawner:
                 try:
                     for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
                                 signal.SIGALRM, signal.SIGINT, signal.SIGXFSZ):
-                        signal.signal(sig, signal.SIG_DFL)
+                        if signal.getsignal(sig) is not signal.SIG_DFL:
+                            signal.signal(sig, signal.SIG_DFL)
                     os.dup2(fds[0], 0)
                     os.dup2(fds[1], 1)
                     os.dup2(fds[1], 2)

@@ -38,8 +38,13 @@ def place_fds(mapping: dict[int, int], keep: tuple[int, ...] = (2,)) -> None:
     Targets are assigned through copies above the highest target, so a source
     that is also another item's target is never clobbered.  fds in ``keep`` stay.
     """
-    floor = max(list(mapping) + list(keep) + [2]) + 1
-    parked = {to: fcntl.fcntl(fd, fcntl.F_DUPFD, floor) for to, fd in mapping.items()}
+    if any(fd != to and fd in mapping for to, fd in mapping.items()):
+        floor = max(list(mapping) + list(keep) + [2]) + 1
+        parked = {to: fcntl.fcntl(fd, fcntl.F_DUPFD, floor) for to, fd in mapping.items()}
+    else:       # no source is another item's target: copy straight
+        parked = {to: fd for to, fd in mapping.items() if fd != to}
+        for to in mapping.keys() - parked.keys():
+            os.set_inheritable(to, True)    # as a dup2 would have left it
     for to, fd in parked.items():
         os.dup2(fd, to)
     busy = sorted(set(mapping) | set(keep))
