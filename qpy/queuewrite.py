@@ -184,12 +184,9 @@ class Writer:
         self.spares = spare.pool(self.base + spare.SPAREQ)
         self.reused: set[int] = set()   # fds of spares (qpy.spare): trimmed before their fsync
 
-    def _create(self, name: str, touch: bool = False) -> int:
-        """A spare renamed to ``name`` or a new file (O_EXCL, 0644 under umask 033).
-
-        ``touch``: the mess file's atime must be now (the 36 h cleanups read it).
-        """
-        fd = self.spares.take(name, 0o644, touch)
+    def _create(self, name: str) -> int:
+        """A spare renamed to ``name`` or a new file (O_EXCL, 0644 under umask 033)."""
+        fd = self.spares.take(name, 0o644)
         if fd is None:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.reused.add(fd)
@@ -210,26 +207,48 @@ class Writer:
         for seq in range(1, 10):
             name = self.base + f"pid/{self.pid}.{now}.{seq}"
             try:
-                return self._create(name, touch=True), name
+                return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), name
             except OSError:
                 continue
         raise Exit(QQ.PID_DIR)
 
+    def _messname(self, msgid: int) -> str:
+        return self.base + f"mess/{msgid % SPLIT}/{msgid}"
+
     def begin(self, qp_is_id: bool = False) -> int:
         """pid file → mess link (S2) → Received line; return the mess fd (caller closes it).
+
+        A spare (qpy.spare) goes straight to mess/: its name is its inode number, so
+        it needs no pid file to learn its id, and it has its atime set to now first.
 
         ``qp_is_id``: the qp recorded (Received line, ``p`` record) is the message id
         instead of ``pid``: a writer inside a long-lived process (DirectJob) writes many
         messages, and each must keep a qp of its own, as each qmail-queue run has.
         """
+        taken = self.spares.take_named(self._messname, 0o644)
+        if taken is not None:
+            fd, self.msgid = taken
+            self.reused.add(fd)
+            self.made.append(self._messname(self.msgid))
+            # S2: mess exists.
+        else:
+            fd = self._link_new_mess()
+        try:
+            if qp_is_id:
+                self.pid = self.msgid
+            _write_all(fd, received.queue_line(self.pid, self.who))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _link_new_mess(self) -> int:
+        """queue.md §3 steps 2-3: a new pid file, linked to mess/<id> (S2); return its fd."""
         fd, pidname = self.open_pid_file()
         self.made.append(pidname)
         try:
             self.msgid = os.fstat(fd).st_ino
-            if qp_is_id:
-                self.pid = self.msgid
-            line = received.queue_line(self.pid, self.who)
-            messname = self.base + f"mess/{self.msgid % SPLIT}/{self.msgid}"
+            messname = self._messname(self.msgid)
             try:
                 os.link(pidname, messname)
             except OSError:
@@ -241,7 +260,6 @@ class Writer:
                 raise Exit(QQ.PID_DIR)
             self.made.remove(pidname)
             # S2: mess exists.
-            _write_all(fd, line)
         except BaseException:
             os.close(fd)
             raise

@@ -42,6 +42,7 @@ import random
 import stat
 import threading
 from collections import deque
+from collections.abc import Callable
 
 MAX = 1024                 # spares kept per directory
 SIZE_MAX = 16384           # larger files are cut to 0 bytes before they are kept
@@ -151,6 +152,49 @@ class Pool:
             fd = self._check(dest, mode, touch)
             if fd is not None:
                 return fd
+
+    def take_named(self, name_for: Callable[[int], str], mode: int) -> tuple[int, int] | None:
+        """(fd, inode number) of a spare now named ``name_for(inode number)``, or None.
+
+        For mess/<id>: the id is the inode number, which a spare's name already is.
+        The spare is opened, checked and touched (atime, mtime now) while still in the
+        spare directory, then renamed (never replacing a file).  If another process
+        took it meanwhile, the rename finds no file; if it took it and gave it back,
+        the name is again this same free inode.
+        """
+        if not self.enabled or not _load():
+            self._off()
+            return None
+        while True:
+            if not self.names:
+                if self.pause:
+                    self.pause -= 1
+                    return None
+                self._scan()
+                if not self.names:
+                    return None
+            name = self.names.pop()
+            src = f"{self.dir}/{name}"
+            try:
+                fd = os.open(src, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                self._off()
+                return None
+            try:
+                st = os.fstat(fd)
+                if (str(st.st_ino) != name or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
+                        or st.st_uid != os.geteuid()):
+                    raise ValueError(name)
+                if stat.S_IMODE(st.st_mode) != mode:
+                    os.fchmod(fd, mode)
+                os.utime(fd)
+                rename_noreplace(src, name_for(st.st_ino))
+            except (OSError, ValueError):
+                os.close(fd)
+                continue        # taken meanwhile, or not a spare to use: left alone
+            return fd, st.st_ino
 
     def _check(self, path: str, mode: int, touch: bool) -> int | None:
         """Open a taken spare and make it fit for use; None (and it is unlinked) if it is not."""

@@ -78,6 +78,7 @@ FD_FROM_SPAWN = (2, 4)
 FD_TO_CLEAN, FD_FROM_CLEAN = 5, 6
 REPORTMAX = 10000       # bytes of a report record kept (slot + letter + text)
 TODO_BATCH = 32         # todo/ entries preprocessed per loop turn
+PREP_AHEAD = 2 * TODO_BATCH  # preprocessed channel files whose first pass has not begun, at most
 CLEANUP_BATCH = 256     # mess/ entries looked at per loop turn
 DONE_BATCH = 64         # completions per loop turn
 PASS_BATCH = 64         # passes per channel per loop turn
@@ -455,6 +456,8 @@ class QmailSend:
         # of todo/ meets, and for ids whose preprocessing here did not reach S5.
         self.todo_scanned = False
         self.prep_open: set[int] = set()
+        # (channel, id) preprocessed here whose first pass has not started (PREP_AHEAD).
+        self.unopened: set[tuple[int, int]] = set()
         self.pqchan = [TimedQueue(), TimedQueue()]
         self.pqdone = TimedQueue()
         self.pqfail = TimedQueue()
@@ -635,6 +638,7 @@ class QmailSend:
         if due is None or due > self.recent:
             return None
         _, msgid = self.pqchan[c].pop()
+        self.unopened.discard((c, msgid))
         path = queuedir.channel(c, msgid)
         try:
             data, _ = read_file(path)
@@ -1016,8 +1020,19 @@ class QmailSend:
             for c in CHANNELS:
                 if prep.channels[c]:
                     self.pqchan[c].add(prep.msgid, now)
+                    if self.spawners[c].concurrency:
+                        self.unopened.add((c, prep.msgid))
             if not any(prep.channels):
                 self.pqdone.add(prep.msgid, now)
+
+    def prep_paused(self) -> bool:
+        """True while PREP_AHEAD preprocessed channel files still wait for their first pass.
+
+        Preprocessing then waits (the messages stay safely in todo/): info/ and channel
+        files are taken from the spares that the deliveries just finished gave back,
+        instead of a long run of new files now and of unlinks at the end.
+        """
+        return len(self.unopened) >= PREP_AHEAD
 
     def todo_do(self, readable: set[int]) -> None:
         """Scan todo/ when triggered or due, a batch of entries per turn."""
@@ -1034,6 +1049,8 @@ class QmailSend:
                 self.nexttodorun = self.recent + SLEEP_PAUSE
                 return
             self.nexttodorun = self.recent + SLEEP_TODO
+        if self.prep_paused():
+            return
         ids: list[int] = []
         while len(ids) < TODO_BATCH:
             try:
@@ -1133,9 +1150,10 @@ class QmailSend:
                 due = q.next_due()
                 if due is not None:
                     wakeup = min(wakeup, due)
-            if self.trigger_fd is not None:
+            paused = self.prep_paused()
+            if self.trigger_fd is not None and not (paused and self.todo_iter is not None):
                 rfds.append(self.trigger_fd)
-            if self.todo_iter is not None:
+            if self.todo_iter is not None and not paused:
                 wakeup = 0
             wakeup = min(wakeup, self.nexttodorun)
             if self.cleanup_iter is not None:

@@ -651,3 +651,21 @@ def test_info_and_channel_files_reuse_spares_and_return_to_them(home, send_facto
     assert s.stop() == 0
     assert queue_files(home) == []
     assert sorted(int(n) for n in os.listdir(spares)) == sorted(stale)   # all three back
+
+
+def test_preprocessing_waits_while_enough_messages_wait_for_their_first_delivery(home, send_factory):
+    from qpy.programs.qmail_send import PREP_AHEAD, TODO_BATCH
+    count = PREP_AHEAD + TODO_BATCH + 40
+    for n in range(count):
+        queue(MSG, b"joe@a.example", [b"hold.%d@test.example" % n])
+    s = send_factory()
+    s.wait_log(r"^starting delivery", count=10)          # concurrencylocal: 10 slots held
+    time.sleep(1.0)                                       # turns go by; nothing more may start
+    q = home / "queue"
+    preprocessed = len(queuedir.scan_split(str(q), "info"))
+    assert preprocessed < PREP_AHEAD + TODO_BATCH + 10    # checked before each batch
+    assert len(queuedir.scan_flat(str(q), "todo")) == count - preprocessed > 0
+    s.release()
+    s.wait_log(r"^end msg", count=count)
+    assert s.stop() == 0
+    assert queue_files(home) == []
