@@ -60,7 +60,8 @@ def run(program: str, argv: list[str]) -> int:
     """Call the program's main(argv) as if it had been exec'd; return its exit code."""
     for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM,
                 signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+        if signal.getsignal(sig) is not signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
     sys.argv = [program, *argv]
     module = importlib.import_module(module_for(program))
     code = module.main(argv)

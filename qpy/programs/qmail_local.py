@@ -170,7 +170,9 @@ class Local:
         (self.user, self.homedir, self.local, self.dash, self.ext, self.host, self.sender,
          self.aliasempty) = args
         self.doit = doit
-        self.env = dict(os.environb)
+        # The variables set for program lines, over the inherited environment; the
+        # whole environment is copied only when a program runs (program()).
+        self.env: dict[bytes, bytes] = {}
         self.files = self.forwards = self.programs = 0
         self.qp = 0
         self.stop = False
@@ -280,7 +282,8 @@ class Local:
         """Run ``/bin/sh -c command`` with the message on fd 0; map its exit code."""
         rewind()
         try:
-            pid = os.posix_spawn("/bin/sh", [b"/bin/sh", b"-c", command], self.env,
+            pid = os.posix_spawn("/bin/sh", [b"/bin/sh", b"-c", command],
+                                 {**os.environb, **self.env},
                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
         except OSError as e:
             raise Die(111, f"Unable to run /bin/sh: {errstr.text(e)}. (#4.3.0)")
