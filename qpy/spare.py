@@ -123,23 +123,38 @@ class Pool:
         if not names:
             self.pause = EMPTY_PAUSE
 
+    def _next_name(self) -> str | None:
+        """The next spare name to try, or None: the directory had none at the last scan."""
+        if not self.names:
+            if self.pause:
+                self.pause -= 1
+                return None
+            self._scan()
+            if not self.names:
+                return None
+        return self.names.pop()
+
+    def _fit(self, fd: int, mode: int, touch: bool) -> os.stat_result | None:
+        """Make an opened spare fit for use (mode, times); None if it is not a spare to use."""
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid()):
+            return None
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+        if touch:
+            os.utime(fd)
+        return st
+
     def take(self, dest: str, mode: int, touch: bool = False) -> int | None:
         """An fd (O_WRONLY, offset 0) on a spare now named ``dest``, or None: create it.
 
-        FileExistsError if ``dest`` exists, as O_EXCL would raise it.
+        FileExistsError if ``dest`` exists, as O_EXCL would raise it.  A taken file
+        that is not fit for use (qpy.spare's rules) is unlinked and another tried.
         """
         if not self.enabled or not _load():
             self._off()
             return None
-        while True:
-            if not self.names:
-                if self.pause:
-                    self.pause -= 1
-                    return None
-                self._scan()
-                if not self.names:
-                    return None
-            name = self.names.pop()
+        while (name := self._next_name()) is not None:
             try:
                 rename_noreplace(f"{self.dir}/{name}", dest)
             except FileNotFoundError:
@@ -149,9 +164,20 @@ class Pool:
             except OSError:
                 self._off()
                 return None
-            fd = self._check(dest, mode, touch)
-            if fd is not None:
-                return fd
+            fd = -1
+            try:
+                fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                if self._fit(fd, mode, touch) is not None:
+                    return fd
+            except OSError:
+                pass
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(dest)
+            except OSError:
+                pass
+        return None
 
     def take_named(self, name_for: Callable[[int], str], mode: int) -> tuple[int, int] | None:
         """(fd, inode number) of a spare now named ``name_for(inode number)``, or None.
@@ -165,15 +191,7 @@ class Pool:
         if not self.enabled or not _load():
             self._off()
             return None
-        while True:
-            if not self.names:
-                if self.pause:
-                    self.pause -= 1
-                    return None
-                self._scan()
-                if not self.names:
-                    return None
-            name = self.names.pop()
+        while (name := self._next_name()) is not None:
             src = f"{self.dir}/{name}"
             try:
                 fd = os.open(src, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -183,42 +201,13 @@ class Pool:
                 self._off()
                 return None
             try:
-                st = os.fstat(fd)
-                if (str(st.st_ino) != name or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
-                        or st.st_uid != os.geteuid()):
-                    raise ValueError(name)
-                if stat.S_IMODE(st.st_mode) != mode:
-                    os.fchmod(fd, mode)
-                os.utime(fd)
-                rename_noreplace(src, name_for(st.st_ino))
-            except (OSError, ValueError):
-                os.close(fd)
-                continue        # taken meanwhile, or not a spare to use: left alone
-            return fd, st.st_ino
-
-    def _check(self, path: str, mode: int, touch: bool) -> int | None:
-        """Open a taken spare and make it fit for use; None (and it is unlinked) if it is not."""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            fd = -1
-        try:
-            if fd >= 0:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
-                    if stat.S_IMODE(st.st_mode) != mode:
-                        os.fchmod(fd, mode)
-                    if touch:
-                        os.utime(fd)
-                    return fd
-        except OSError:
-            pass
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+                st = self._fit(fd, mode, touch=True)
+                if st is not None and str(st.st_ino) == name:
+                    rename_noreplace(src, name_for(st.st_ino))
+                    return fd, st.st_ino
+            except OSError:
+                pass
+            os.close(fd)    # taken meanwhile, or not a spare to use here: left alone
         return None
 
     def give(self, path: str) -> None:
