@@ -78,7 +78,7 @@ FD_FROM_SPAWN = (2, 4)
 FD_TO_CLEAN, FD_FROM_CLEAN = 5, 6
 REPORTMAX = 10000       # bytes of a report record kept (slot + letter + text)
 TODO_BATCH = 32         # todo/ entries preprocessed per loop turn
-PREP_AHEAD = 2 * TODO_BATCH  # preprocessed channel files whose first pass has not begun, at most
+PREP_AHEAD = 2 * TODO_BATCH  # preprocessed local channel files whose first pass has not begun, at most
 CLEANUP_BATCH = 256     # mess/ entries looked at per loop turn
 DONE_BATCH = 64         # completions per loop turn
 PASS_BATCH = 64         # passes per channel per loop turn
@@ -456,8 +456,8 @@ class QmailSend:
         # of todo/ meets, and for ids whose preprocessing here did not reach S5.
         self.todo_scanned = False
         self.prep_open: set[int] = set()
-        # (channel, id) preprocessed here whose first pass has not started (PREP_AHEAD).
-        self.unopened: set[tuple[int, int]] = set()
+        # Ids preprocessed here whose local channel's first pass has not started (PREP_AHEAD).
+        self.unopened: set[int] = set()
         self.pqchan = [TimedQueue(), TimedQueue()]
         self.pqdone = TimedQueue()
         self.pqfail = TimedQueue()
@@ -638,7 +638,8 @@ class QmailSend:
         if due is None or due > self.recent:
             return None
         _, msgid = self.pqchan[c].pop()
-        self.unopened.discard((c, msgid))
+        if c == 0:
+            self.unopened.discard(msgid)
         path = queuedir.channel(c, msgid)
         try:
             data, _ = read_file(path)
@@ -1020,17 +1021,19 @@ class QmailSend:
             for c in CHANNELS:
                 if prep.channels[c]:
                     self.pqchan[c].add(prep.msgid, now)
-                    if self.spawners[c].concurrency:
-                        self.unopened.add((c, prep.msgid))
+            if prep.channels[0] and self.spawners[0].concurrency:
+                self.unopened.add(prep.msgid)
             if not any(prep.channels):
                 self.pqdone.add(prep.msgid, now)
 
     def prep_paused(self) -> bool:
-        """True while PREP_AHEAD preprocessed channel files still wait for their first pass.
+        """True while PREP_AHEAD preprocessed local channel files wait for their first pass.
 
         Preprocessing then waits (the messages stay safely in todo/): info/ and channel
         files are taken from the spares that the deliveries just finished gave back,
-        instead of a long run of new files now and of unlinks at the end.
+        instead of a long run of new files now and of unlinks at the end.  Only the
+        local channel counts: local deliveries take milliseconds, so such a backlog
+        drains at once, while slow remote deliveries must never hold back local mail.
         """
         return len(self.unopened) >= PREP_AHEAD
 

@@ -669,3 +669,19 @@ def test_preprocessing_waits_while_enough_messages_wait_for_their_first_delivery
     s.wait_log(r"^end msg", count=count)
     assert s.stop() == 0
     assert queue_files(home) == []
+
+
+def test_held_remote_deliveries_never_hold_back_local_mail(home, send_factory):
+    from qpy.programs.qmail_send import PREP_AHEAD, TODO_BATCH
+    for n in range(PREP_AHEAD + TODO_BATCH + 10):
+        queue(MSG, b"joe@a.example", [b"hold.%d@remote.example" % n])
+    s = send_factory()
+    s.wait_log(r"^starting delivery \d+: msg \d+ to remote hold", count=20)   # all slots held
+    time.sleep(0.5)
+    local = queue_live(s, MSG, b"joe@a.example", [b"ok.local@test.example"])
+    s.wait_log(r"^end msg %d$" % local)                  # while every remote one is held
+    assert [c[3] for c in s.commands(0)] == ["ok.local@test.example"]
+    s.release()
+    s.wait_log(r"^end msg", count=PREP_AHEAD + TODO_BATCH + 11, timeout=60)
+    assert s.stop() == 0
+    assert queue_files(home) == []
