@@ -626,6 +626,7 @@ class QmailSend:
                         return  # the other channel's job finishes the message
                 except OSError:
                     self.log.warning(f"unable to stat {other}")
+                    self.infos.pop(msgid, None)     # messdone() must look at the files
                 self.pqdone.add(msgid, int(time.time()))
                 return
         self.pqchan[c].add(msgid, due)
