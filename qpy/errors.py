@@ -9,6 +9,19 @@ from __future__ import annotations
 import errno
 
 
+class Exit(Exception):
+    """Leave a program with exit code ``code`` and, if ``text``, that line on stderr.
+
+    Raised inside a program (never by the library below it) and turned into the
+    exit code by its main().
+    """
+
+    def __init__(self, code: int, text: str = "") -> None:
+        super().__init__(text or code)
+        self.code = code
+        self.text = text
+
+
 class QmailError(Exception):
     """A failure with a message meant for a person and an exit code."""
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from qpy import auto, prot, received, spare
 from qpy.auto import SPLIT
 from qpy.envelope import MAX_ADDR
+from qpy.errors import Exit         # raised with qmail-queue's exit codes
 from qpy.exitcodes import QQ
 
 CHUNK = 65536
@@ -55,14 +56,6 @@ def prepare() -> None:
         _sync_file_range = func
     except (ImportError, OSError, AttributeError):
         _sync_file_range = False
-
-
-class Exit(Exception):
-    """Leave with a qmail-queue exit code."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 def special_uids(priv: bool) -> dict[int, bytes]:

@@ -28,19 +28,10 @@ import signal
 import sys
 
 from qpy import aliases, child, qmailq
-from qpy.errors import QmailError
+from qpy.errors import Exit, QmailError
 from qpy.exitcodes import PERM_PROGRAM
 
 USAGE = "dot-forward: usage: dot-forward [ -nN ] file ..."
-
-
-class Exit(Exception):
-    """Leave with a code (and a line on stderr)."""
-
-    def __init__(self, code: int, text: str = "") -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 def fatal(code: int, text: str) -> Exit:

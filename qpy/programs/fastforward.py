@@ -29,19 +29,10 @@ import stat
 import sys
 
 from qpy import aliases, cdb, child, qmailq
-from qpy.errors import QmailError
+from qpy.errors import Exit, QmailError
 from qpy.exitcodes import PERM_PROGRAM
 
 USAGE = "fastforward: usage: fastforward [ -nNpPdD ] data.cdb"
-
-
-class Exit(Exception):
-    """Leave with a code after printing a line (if any) on stderr."""
-
-    def __init__(self, code: int, text: str = "") -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 def fatal(code: int, text: str) -> Exit:

@@ -34,7 +34,7 @@ import os
 import sys
 
 from qpy import auto, getpw, prot, spawn, users, warm
-from qpy.errors import QmailError, temporary_errno
+from qpy.errors import Exit, QmailError, temporary_errno
 from qpy.exitcodes import LOCAL_FIXED, QLX, local_letter
 
 
@@ -42,14 +42,6 @@ from qpy.exitcodes import LOCAL_FIXED, QLX, local_letter
 # (qpy.spawn WORKERS) instead of a fork each; every delivery runs as the invoking user
 # there anyway.  Privileged mode keeps a fresh child per delivery (it changes uid).
 WORKERS = 16
-
-
-class Exit(Exception):
-    """Leave the delivery child with a qlx code."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 def report(status: int, output: bytes) -> bytes:

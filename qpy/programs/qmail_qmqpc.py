@@ -22,20 +22,12 @@ import signal
 import socket
 
 from qpy import auto, control
-from qpy.errors import QmailError
+from qpy.errors import Exit, QmailError
 from qpy.exitcodes import QQ
 
 PORT = 628
 CONNECT_TIMEOUT = 10
 IO_TIMEOUT = 60
-
-
-class Exit(Exception):
-    """Leave with a qmail-queue exit code."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 def parse_server(line: bytes) -> tuple[int, str, int] | None:
