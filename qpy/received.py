@@ -1,6 +1,7 @@
 """Received:/Delivered-To: lines and qmail's date822fmt date format."""
 from __future__ import annotations
 
+import os
 import time
 
 _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep",
@@ -40,6 +41,16 @@ def smtp_line(remotehost: bytes, helo: bytes | None, remoteinfo: bytes | None,
         out += safe(remoteinfo) + b"@"
     out += safe(remoteip) + b")\n  by " + safe(localhost) + b" with " + protocol
     return out + b"; " + date822(when) + b"\n"
+
+
+def tcp_peer() -> tuple[bytes, bytes | None, bytes, bytes]:
+    """(remotehost, remoteinfo, remoteip, localhost) for smtp_line from tcpserver's
+    variables: TCPREMOTEHOST, TCPREMOTEINFO, TCPREMOTEIP, TCPLOCALHOST (else
+    TCPLOCALIP); "unknown" where a name or address is missing."""
+    env = os.environb
+    return (env.get(b"TCPREMOTEHOST") or b"unknown", env.get(b"TCPREMOTEINFO"),
+            env.get(b"TCPREMOTEIP") or b"unknown",
+            env.get(b"TCPLOCALHOST") or env.get(b"TCPLOCALIP") or b"unknown")
 
 
 def delivered_to(local: bytes, domain: bytes) -> bytes:

@@ -44,9 +44,8 @@ def _env(name: str) -> bytes | None:
 
 def received_line() -> bytes:
     """The ``with QMQP`` Received line from tcpserver's variables."""
-    local = _env("TCPLOCALHOST") or _env("TCPLOCALIP") or b"unknown"
-    return received.smtp_line(_env("TCPREMOTEHOST") or b"unknown", None, _env("TCPREMOTEINFO"),
-                              _env("TCPREMOTEIP") or b"unknown", local, b"QMQP")
+    host, info, ip, local = received.tcp_peer()
+    return received.smtp_line(host, None, info, ip, local, b"QMQP")
 
 
 def address(stream: netstring.Stream) -> bytes | None:

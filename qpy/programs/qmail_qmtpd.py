@@ -71,9 +71,7 @@ class Session:
         if value is not None:
             self.databytes = _ulong(value)
         self.relayclient = _env("RELAYCLIENT")
-        local = _env("TCPLOCALHOST") or _env("TCPLOCALIP") or b"unknown"
-        self.header = (_env("TCPREMOTEHOST") or b"unknown", _env("TCPREMOTEINFO"),
-                       _env("TCPREMOTEIP") or b"unknown", local)
+        self.header = received.tcp_peer()
 
     def flush(self) -> None:
         """Send the replies waiting (before every read, as qmail-qmtpd does)."""
