@@ -38,10 +38,6 @@ def _alarm(signum: int, frame: object) -> None:
     raise Resources()
 
 
-def _env(name: str) -> bytes | None:
-    return os.environb.get(name.encode())
-
-
 def received_line() -> bytes:
     """The ``with QMQP`` Received line from tcpserver's variables."""
     host, info, ip, local = received.tcp_peer()
