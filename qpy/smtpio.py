@@ -77,6 +77,10 @@ class Connection:
         self._in = bytearray()
         self._pos = 0
         self._out: list[bytes] = []
+        self._wpoll = select.poll()       # made once: a session polls before every I/O
+        self._wpoll.register(wfd, select.POLLOUT)
+        self._rpoll = select.poll()
+        self._rpoll.register(rfd, select.POLLIN)
 
     # -- output ------------------------------------------------------------------
 
@@ -97,8 +101,7 @@ class Connection:
                 raise Dropped(str(e)) from e
             return
         view = memoryview(data)
-        poller = select.poll()
-        poller.register(self.wfd, select.POLLOUT)
+        poller = self._wpoll
         while view:
             try:
                 if not poller.poll(self.timeout * 1000):
@@ -125,8 +128,7 @@ class Connection:
             except OSError as e:
                 raise Dropped(str(e)) from e
         else:
-            poller = select.poll()
-            poller.register(self.rfd, select.POLLIN)
+            poller = self._rpoll
             while True:
                 try:
                     if not poller.poll(self.timeout * 1000):
