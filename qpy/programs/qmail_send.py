@@ -906,19 +906,26 @@ class QmailSend:
             self.log.warning(f"unable to stat {path}")
             return None
         prep = Prep(msgid, {}, [False, False])
-        if leftovers:
+        while True:
+            if leftovers:
+                try:
+                    for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.info(msgid)):
+                        unlink_missing_ok(path)  # leftovers of an earlier attempt
+                except OSError:
+                    self.log.warning(f"unable to unlink {path}")
+                    return None
+            path = queuedir.info(msgid)
             try:
-                for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.info(msgid)):
-                    unlink_missing_ok(path)  # leftovers of an earlier attempt
+                self.create(prep, path)
+                break
+            except FileExistsError:
+                if leftovers:
+                    self.log.warning(f"unable to create {path}")
+                    return None
+                leftovers = True    # an earlier attempt left files after all: do step 2
             except OSError:
-                self.log.warning(f"unable to unlink {path}")
+                self.log.warning(f"unable to create {path}")
                 return None
-        path = queuedir.info(msgid)
-        try:
-            self.create(prep, path)
-        except OSError:
-            self.log.warning(f"unable to create {path}")
-            return None
         self.log.line(log.new_msg(msgid))
         if data and not data.endswith(b"\0"):
             self.log.warning(f"trouble reading {todo}")
@@ -1056,13 +1063,14 @@ class QmailSend:
         if self.prep_paused():
             return
         ids: list[int] = []
+        scanned = False
         while len(ids) < TODO_BATCH:
             try:
                 entry = next(self.todo_iter)
             except (StopIteration, OSError) as e:
                 self.todo_iter.close()
                 self.todo_iter = None
-                self.todo_scanned = self.todo_scanned or isinstance(e, StopIteration)
+                scanned = isinstance(e, StopIteration)
                 break
             msgid = queuedir.parse_id(entry.name)
             if msgid is not None:
@@ -1072,6 +1080,8 @@ class QmailSend:
             prep = self.preprocess(msgid)
             if prep is not None:
                 preps.append(prep)
+        # Only now: the last batch of the first full scan still gets step 2.
+        self.todo_scanned = self.todo_scanned or scanned
         self.commit(preps)
 
     def trigger_set(self) -> None:

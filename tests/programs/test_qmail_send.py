@@ -685,3 +685,17 @@ def test_held_remote_deliveries_never_hold_back_local_mail(home, send_factory):
     s.wait_log(r"^end msg", count=PREP_AHEAD + TODO_BATCH + 11, timeout=60)
     assert s.stop() == 0
     assert queue_files(home) == []
+
+
+def test_leftovers_of_a_killed_preprocessing_are_removed_first(home, send_factory):
+    # A qmail-send killed while preprocessing leaves channel files beside todo/<id>; the
+    # next one must unlink them before preprocessing again (queue.md §4 step 2), even for
+    # the ids of the last batch of its first todo/ scan, and even when info/ is missing.
+    msgid = queue(MSG, b"joe@a.example", [b"ok.real@test.example"])
+    qfile(home, queuedir.remote(msgid)).write_bytes(b"Tstale@remote.example\0")
+    s = send_factory()
+    s.wait_log(r"^end msg %d$" % msgid)
+    assert s.stop() == 0
+    assert [c[3] for c in s.commands(0)] == ["ok.real@test.example"]
+    assert s.commands(1) == []                                 # the stale recipient is gone
+    assert queue_files(home) == []
