@@ -87,8 +87,11 @@ def chaos(home: Path, tmp_path: Path, group: bool) -> None:
         wait_for(lambda: settled(home), timeout=60)
         assert d.stop() == 0
         # S2 leftovers are removed by the periodic cleanup once 36 h old; age them and restart.
+        # A kill can leave an S2 mess file for each foop/N request qmail-clean had not yet
+        # answered (completions do not wait for the answer; THOUGHTS.md): only ever for a
+        # message already delivered (checked below against the Received lines' qp).
         left = leftovers(home)
-        assert len(left) <= kills
+        left_ids = {int(p.name) for p in left}
         assert not os.listdir(home / "queue" / "intd")
         old = time.time() - 36 * 3600 - 60
         for p in left:
@@ -106,8 +109,10 @@ def chaos(home: Path, tmp_path: Path, group: bool) -> None:
     seqs = [int(x) for x in accepted.read_text().split()]
     assert sorted(seqs) == list(range(COUNT))
     seen: dict[int, int] = {}
+    delivered_ids: set[int] = set()
     for m in mailbox.Maildir(str(joe / "Maildir"), create=False):
         raw = m.as_bytes()
+        delivered_ids.add(int(raw.split(b"Received: (qmail ", 1)[1].split(b" ", 1)[0]))  # qp = id
         assert m["Subject"] != "failure notice"
         assert raw.startswith(b"Return-Path: <joe@test.example>\nDelivered-To: joe@test.example\n"
                               b"Received: (qmail ")
@@ -115,6 +120,7 @@ def chaos(home: Path, tmp_path: Path, group: bool) -> None:
         assert raw.split(b"\n", 3)[3] == expected_body(n)  # complete, not truncated
         seen[n] = seen.get(n, 0) + 1
     assert sorted(seen) == list(range(COUNT))
+    assert left_ids <= delivered_ids
     duplicates = sum(seen.values()) - COUNT
     assert duplicates <= kills * CONCURRENCY, (duplicates, kills)
     for g in generations:
