@@ -39,17 +39,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 TICK = os.sysconf("SC_CLK_TCK")
-SCRATCH: list[Path] = []      # removed at the end of the run (see the docstring)
+SCRATCH_ROOT: Path | None = None  # holds every scratch directory; removed at the end
 
 
 def scratch(prefix: str) -> Path:
     """A new temporary directory in a block group of its own, kept until the run ends."""
-    if not SCRATCH:
-        root = Path(tempfile.mkdtemp(prefix="qpy-bench-root-"))
-        os.chmod(root, 0o755)
-        subprocess.run(["chattr", "+T", str(root)], stderr=subprocess.DEVNULL, check=False)
-        SCRATCH.append(root)
-    base = Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH[0]))
+    global SCRATCH_ROOT
+    if SCRATCH_ROOT is None:
+        SCRATCH_ROOT = Path(tempfile.mkdtemp(prefix="qpy-bench-root-"))
+        os.chmod(SCRATCH_ROOT, 0o755)
+        subprocess.run(["chattr", "+T", str(SCRATCH_ROOT)], stderr=subprocess.DEVNULL, check=False)
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH_ROOT))
     os.chmod(base, 0o755)
     return base
 
@@ -356,5 +356,5 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for path in SCRATCH:
-            shutil.rmtree(path, ignore_errors=True)
+        if SCRATCH_ROOT is not None:
+            shutil.rmtree(SCRATCH_ROOT, ignore_errors=True)

@@ -831,27 +831,28 @@ class QmailSend:
         makes them or todo/<id> again while the id is in use, and info/<id> goes
         only at the end of this method (which then drops it from self.infos).
         """
-        path = queuedir.info(msgid)
-        try:
-            for path in () if msgid in self.infos else (
-                    queuedir.local(msgid), queuedir.remote(msgid), queuedir.todo(msgid)):
-                if stat_exists(path):
-                    return  # still busy, or to be preprocessed again
-            path = queuedir.info(msgid)
-            if msgid not in self.infos and not stat_exists(path):
+        info = queuedir.info(msgid)
+        if msgid not in self.infos:
+            path = ""
+            try:
+                for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.todo(msgid)):
+                    if stat_exists(path):
+                        return  # still busy, or to be preprocessed again
+                path = info
+                if not stat_exists(path):
+                    return
+            except OSError:
+                self.log.warning(f"unable to stat {path}; will try again later")
+                self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
                 return
-        except OSError:
-            self.log.warning(f"unable to stat {path}; will try again later")
-            self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
-            return
         if not self.injectbounce(msgid):
             self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
             return
         self.log.line(log.end_msg(msgid))
         try:
-            self.spares.give(path)
+            self.spares.give(info)
         except OSError:
-            self.log.warning(f"unable to unlink {path}; will try again later")
+            self.log.warning(f"unable to unlink {info}; will try again later")
             self.pqdone.add(msgid, int(time.time()) + SLEEP_SYSFAIL)
             return
         self.infos.pop(msgid, None)
