@@ -77,6 +77,7 @@ TRUNCMESS = b"\nError report too long, sorry.\n"
 READ_CHUNK = 65536
 MAX_MESSID = 100   # bytes including the NUL, as spawn.c counts
 WORKER_USES = 1000 # commands a worker runs before it is replaced
+CHILD_SIGNALS = warm.RESET + (signal.SIGXFSZ,)   # default in each delivery, as after spawn.c's exec
 
 
 class Hooks:
@@ -345,10 +346,7 @@ class Spawner:
                 sender, recipient, at = msg.split(b"\0")
                 code = self.hooks.crash_code
                 try:
-                    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
-                                signal.SIGALRM, signal.SIGINT, signal.SIGXFSZ):
-                        if signal.getsignal(sig) is not signal.SIG_DFL:
-                            signal.signal(sig, signal.SIG_DFL)
+                    warm.reset_signals(CHILD_SIGNALS)
                     os.dup2(fds[0], 0)
                     os.dup2(fds[1], 1)
                     os.dup2(fds[1], 2)
@@ -377,9 +375,7 @@ class Spawner:
         code = self.hooks.crash_code
         try:
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
-                        signal.SIGALRM, signal.SIGINT, signal.SIGXFSZ):
-                signal.signal(sig, signal.SIG_DFL)
+            warm.reset_signals(CHILD_SIGNALS)
             warm.place_fds({0: msgfd, 1: outfd, 2: outfd}, keep=())
             flags = fcntl.fcntl(0, fcntl.F_GETFL)
             fcntl.fcntl(0, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)

@@ -8,6 +8,7 @@ programs too, so tests can show both paths behave the same.
 """
 from __future__ import annotations
 
+import _signal       # signal's C core: the public module wraps every call in enum conversions
 import fcntl
 import importlib
 import keyword
@@ -56,12 +57,24 @@ def place_fds(mapping: dict[int, int], keep: tuple[int, ...] = (2,)) -> None:
     os.closerange(low, MAX_FD)
 
 
+RESET = (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM,
+         signal.SIGINT)
+
+
+def reset_signals(signals: tuple[int, ...] = RESET) -> None:
+    """Give each of ``signals`` its default action, as an exec would (a syscall only where needed).
+
+    Runs once per warm run and per reused worker's delivery, so it calls ``_signal``
+    directly: ``signal.getsignal`` and ``signal.signal`` cost several enum conversions each.
+    """
+    for sig in signals:
+        if _signal.getsignal(sig) != _signal.SIG_DFL:
+            _signal.signal(sig, _signal.SIG_DFL)
+
+
 def run(program: str, argv: list[str]) -> int:
     """Call the program's main(argv) as if it had been exec'd; return its exit code."""
-    for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM,
-                signal.SIGINT):
-        if signal.getsignal(sig) is not signal.SIG_DFL:
-            signal.signal(sig, signal.SIG_DFL)
+    reset_signals()
     sys.argv = [program, *argv]
     module = importlib.import_module(module_for(program))
     code = module.main(argv)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -33,11 +34,17 @@ class Hooks(spawn.Hooks):
                 except OSError:
                     pass                  # the fd listdir held
             cwd = os.getcwd().encode()
-            old = os.umask(0o027)         # all three changed on purpose
+            with open("/proc/self/status", "rb") as f:     # the kernel's signal dispositions
+                sigs = b" ".join(line.split()[1] for line in f if line.startswith((b"SigIgn", b"SigCgt")))
+            old = os.umask(0o027)         # all of these changed on purpose
             os.chdir("/")
             os.open(os.devnull, os.O_RDONLY)
-            os.write(1, b"pid=%d cwd=%s umask=%o fds=%d inheritable=%d" % (
-                os.getpid(), cwd, old, count, inheritable))
+            import signal
+            signal.signal(signal.SIGALRM, lambda *a: None)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            os.write(1, b"pid=%d cwd=%s umask=%o fds=%d inheritable=%d sigs=%s" % (
+                os.getpid(), cwd, old, count, inheritable, sigs))
             return 5
         if mode == b"big":
             os.write(1, b"x" * 5000)
@@ -256,7 +263,10 @@ def test_worker_state_is_reset_between_deliveries_and_a_crash_is_reported(home):
     first, second, crashed, third = (text for _, text in reports)
     assert first.startswith(b"K5:pid=") and b"fds=1 inheritable=0" in first   # only its socket
     assert b" cwd=%s " % str(home / "queue" / "mess").encode() in first
-    assert second == first          # same worker, and cwd/umask/fds were put back
+    assert second == first          # same worker, and cwd/umask/fds/signals were put back
+    ignored, caught = (int(mask, 16) for mask in first.split(b" sigs=")[1].split())
+    for sig in (signal.SIGALRM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM):
+        assert not (ignored | caught) & 1 << (sig - 1)     # default, as after an exec
     assert crashed == b"K-9:"       # the worker died: reported like a killed child
     assert third.startswith(b"K5:pid=") and third != first   # a new worker took over
     assert third.split(b" ", 1)[1] == first.split(b" ", 1)[1]
