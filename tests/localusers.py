@@ -1,18 +1,23 @@
 """Ordinary local accounts for privileged-mode tests, and programs run as them.
 
 ``ensure_user(name)`` creates a plain login-less account (as root); ``nobody``
-always exists.  ``submit(home, user, message, envelope)`` runs the instance's
+always exists.  ``home_user(tag)`` is a new account with its own home in a temp
+directory, removed again afterwards.  ``submit(home, user, message, envelope)`` runs the instance's
 bin/qmail-queue as that account (a subprocess that drops to it before exec,
 as a shell would run it), with the message on fd 0 and the envelope on fd 1.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +35,35 @@ def ensure_user(name: str) -> pwd.struct_passwd:
         subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True,
                        capture_output=True)
         return pwd.getpwnam(name)
+
+
+@contextlib.contextmanager
+def home_user(tag: str, maildir: bool = False) -> Iterator[pwd.struct_passwd]:
+    """A new account owning its home (0755) in a world-traversable temp dir; gone afterwards.
+
+    ``tag`` keeps the names of different test modules apart; with ``maildir`` the home
+    holds the account's own Maildir/{tmp,new,cur}.
+    """
+    need_root()
+    base = Path(tempfile.mkdtemp(prefix=f"qpy-user-{tag}-"))
+    base.chmod(0o755)
+    name = f"qpy{tag}{os.getpid() % 100000}"
+    homedir = base / name
+    subprocess.run(["useradd", "-M", "-d", str(homedir), "-s", "/usr/sbin/nologin", name],
+                   check=True, timeout=30)
+    try:
+        pw = pwd.getpwnam(name)
+        homedir.mkdir()
+        if maildir:
+            for sub in ("tmp", "new", "cur"):
+                (homedir / "Maildir" / sub).mkdir(parents=True)
+        for path in (homedir, *homedir.rglob("*")):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        homedir.chmod(0o755)
+        yield pw
+    finally:
+        subprocess.run(["userdel", name], timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def become(name: str) -> Callable[[], None]:

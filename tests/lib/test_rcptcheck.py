@@ -1,16 +1,13 @@
 """qpy.rcptcheck: RCPT-time validation against users/cdb, passwd and the alias account's files."""
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import control, need_root, run
+from conftest import control, run
+from localusers import home_user
 from qpy import rcptcheck
 
 
@@ -89,22 +86,8 @@ def test_same_answer_as_delivery(site):
 
 @pytest.fixture
 def real_user():
-    need_root()
-    base = Path(tempfile.mkdtemp(prefix="qpy-rcpt-"))
-    base.chmod(0o755)
-    name = f"qpyr{os.getpid() % 100000}"
-    homedir = base / name
-    subprocess.run(["useradd", "-M", "-d", str(homedir), "-s", "/usr/sbin/nologin", name],
-                   check=True, timeout=30)
-    try:
-        pw = pwd.getpwnam(name)
-        homedir.mkdir()
-        os.chown(homedir, pw.pw_uid, pw.pw_gid)
-        homedir.chmod(0o755)
+    with home_user("r") as pw:
         yield pw
-    finally:
-        subprocess.run(["userdel", name], timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_privileged_passwd_users(priv_home, real_user):

@@ -3,36 +3,21 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import need_root, run
+from conftest import run
+from localusers import home_user
 from qpy import auto
 
 
 @pytest.fixture(scope="module")
 def real_user():
     """A passwd user whose home (0755) it owns, in a world-traversable temp dir."""
-    need_root()
-    base = Path(tempfile.mkdtemp(prefix="qpy-getpw-"))
-    base.chmod(0o755)
-    name = f"qpyg{os.getpid() % 100000}"
-    homedir = base / name
-    subprocess.run(["useradd", "-M", "-d", str(homedir), "-s", "/usr/sbin/nologin", name],
-                   check=True, timeout=30)
-    try:
-        pw = pwd.getpwnam(name)
-        homedir.mkdir()
-        os.chown(homedir, pw.pw_uid, pw.pw_gid)
-        homedir.chmod(0o755)
+    with home_user("g") as pw:
         yield pw
-    finally:
-        subprocess.run(["userdel", name], timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def fields(out: bytes) -> list[bytes]:

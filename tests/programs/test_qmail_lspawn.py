@@ -8,14 +8,12 @@ from __future__ import annotations
 import mailbox
 import os
 import pwd
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import need_root, run
+from conftest import run
+from localusers import home_user
 from qpy import auto, qmailq, queuedir
 from qpy.programs import qmail_lspawn
 
@@ -185,26 +183,9 @@ def test_forward_from_alias_is_queued(home):
 
 @pytest.fixture(scope="module")
 def real_user():
-    """A passwd user with a home (0755, its own) in a world-traversable temp dir."""
-    need_root()
-    base = Path(tempfile.mkdtemp(prefix="qpy-lspawn-"))
-    base.chmod(0o755)
-    name = f"qpyl{os.getpid() % 100000}"
-    homedir = base / name
-    subprocess.run(["useradd", "-M", "-d", str(homedir), "-s", "/usr/sbin/nologin", name],
-                   check=True, timeout=30)
-    try:
-        pw = pwd.getpwnam(name)
-        homedir.mkdir()
-        for sub in ("tmp", "new", "cur"):
-            (homedir / "Maildir" / sub).mkdir(parents=True)
-        for p in (homedir, *homedir.rglob("*")):
-            os.chown(p, pw.pw_uid, pw.pw_gid)
-        homedir.chmod(0o755)
+    """A passwd user with a home (0755, its own, with a Maildir) in a world-traversable temp dir."""
+    with home_user("l", maildir=True) as pw:
         yield pw
-    finally:
-        subprocess.run(["userdel", name], timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def priv_message(home: Path, body: bytes = b"Received: x\n" + MSG) -> bytes:
