@@ -5,6 +5,7 @@ into.  A message id is the inode number of its mess file, in decimal.
 """
 from __future__ import annotations
 
+import errno
 import os
 
 from qpy.auto import SPLIT
@@ -61,6 +62,17 @@ def bounce(msgid: int) -> str:
 def mess_rel(msgid: int) -> str:
     """The path relative to queue/mess that qmail-send hands the spawners: <split>/<id>."""
     return f"{msgid % SPLIT}/{msgid}"
+
+
+def exists(path: str) -> bool:
+    """True if ``path`` exists, False on ENOENT; OSError for any other trouble."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 def parse_id(name: str) -> int | None:

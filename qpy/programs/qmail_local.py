@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 
-from qpy import addr, dotqmail, errstr, maildir, mbox, received
+from qpy import addr, child, dotqmail, errstr, maildir, mbox, received
 from qpy.errors import TempFail
 
 USAGE = (b"qmail-local: usage: qmail-local [ -nN ] user homedir local dash ext domain "
@@ -61,14 +61,10 @@ class Timeout(Exception):
 
 def say(fd: int, data: bytes) -> None:
     """Write to fd 1 or 2; a broken report pipe is ignored."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except InterruptedError:
-            continue
-        except OSError:
-            return
+    try:
+        child.feed(fd, data)
+    except OSError:
+        pass
 
 
 def rewind() -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import stat
 
-from qpy import addr, auto, control, mx, smtpclient
+from qpy import addr, auto, child, control, mx, smtpclient
 from qpy.errors import ControlError, QmailError
 from qpy.smtpclient import Connection, Dropped, PartialLine
 from qpy.tcpto import Tcpto
@@ -378,14 +378,10 @@ def render(results: list[bytes | None], report: bytes) -> bytes:
 
 def write_all(fd: int, data: bytes) -> None:
     """Write the report; a write failure just ends the program (qmail: _exit(0))."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except InterruptedError:
-            continue
-        except OSError:
-            return
+    try:
+        child.feed(fd, data)
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

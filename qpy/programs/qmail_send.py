@@ -181,17 +181,6 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def stat_exists(path: str) -> bool:
-    """True if the path exists, False on ENOENT; OSError for any other trouble."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
-
-
 def unlink_missing_ok(path: str) -> None:
     """unlink; a missing file is fine."""
     try:
@@ -533,10 +522,10 @@ class QmailSend:
         """Schedule a preprocessed message found on disk: channels at their mtimes."""
         path = queuedir.info(msgid)
         try:
-            if not stat_exists(path):
+            if not queuedir.exists(path):
                 return
             path = queuedir.todo(msgid)
-            if stat_exists(path):
+            if queuedir.exists(path):
                 return  # preprocessing will be redone
             due: list[int | None] = []
             for c in CHANNELS:
@@ -622,7 +611,7 @@ class QmailSend:
             else:
                 other = queuedir.channel(1 - c, msgid)
                 try:
-                    if stat_exists(other):
+                    if queuedir.exists(other):
                         return  # the other channel's job finishes the message
                 except OSError:
                     self.log.warning(f"unable to stat {other}")
@@ -790,7 +779,7 @@ class QmailSend:
         if msgid in self.infos and msgid not in self.bounced:
             return True     # (see self.bounced)
         try:
-            if not bounce.exists(path):
+            if not queuedir.exists(path):
                 return True
         except OSError:
             self.log.warning(f"unable to stat {path}")
@@ -836,10 +825,10 @@ class QmailSend:
             path = ""
             try:
                 for path in (queuedir.local(msgid), queuedir.remote(msgid), queuedir.todo(msgid)):
-                    if stat_exists(path):
+                    if queuedir.exists(path):
                         return  # still busy, or to be preprocessed again
                 path = info
-                if not stat_exists(path):
+                if not queuedir.exists(path):
                     return
             except OSError:
                 self.log.warning(f"unable to stat {path}; will try again later")
@@ -1128,7 +1117,7 @@ class QmailSend:
             try:
                 if self.recent <= os.stat(queuedir.mess(msgid)).st_atime + OSSIFIED:
                     continue
-                if stat_exists(queuedir.info(msgid)) or stat_exists(queuedir.todo(msgid)):
+                if queuedir.exists(queuedir.info(msgid)) or queuedir.exists(queuedir.todo(msgid)):
                     continue
             except OSError:
                 continue

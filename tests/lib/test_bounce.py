@@ -137,4 +137,4 @@ def test_append_creates_private_file_and_appends(tmp_path):
     bounce.append(path, b"two\n")
     assert open(path, "rb").read() == b"one\ntwo\n"
     assert os.stat(path).st_mode & 0o777 == 0o600
-    assert bounce.exists(path) and not bounce.exists(str(tmp_path / "none"))
+    assert queuedir.exists(path) and not queuedir.exists(str(tmp_path / "none"))
