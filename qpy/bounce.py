@@ -9,7 +9,6 @@ match it.
 """
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass
 
@@ -168,13 +167,3 @@ def inject(bounce_path: str, mess_path: str, info_sender: bytes, settings: Setti
         raise InjectError(result)
     return job.pid
 
-
-def exists(path: str) -> bool:
-    """True if bounce/<id> exists; OSError for trouble other than ENOENT."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
