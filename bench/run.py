@@ -40,13 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 TICK = os.sysconf("SC_CLK_TCK")
 SCRATCH_ROOT: Path | None = None  # holds every scratch directory; removed at the end
+SCRATCH_PARENT: str | None = None  # --dir: where SCRATCH_ROOT is made (default: $TMPDIR)
 
 
 def scratch(prefix: str) -> Path:
     """A new temporary directory in a block group of its own, kept until the run ends."""
     global SCRATCH_ROOT
     if SCRATCH_ROOT is None:
-        SCRATCH_ROOT = Path(tempfile.mkdtemp(prefix="qpy-bench-root-"))
+        SCRATCH_ROOT = Path(tempfile.mkdtemp(prefix="qpy-bench-root-", dir=SCRATCH_PARENT))
         os.chmod(SCRATCH_ROOT, 0o755)
         subprocess.run(["chattr", "+T", str(SCRATCH_ROOT)], stderr=subprocess.DEVNULL, check=False)
     base = Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH_ROOT))
@@ -306,7 +307,11 @@ def main() -> None:
     ap.add_argument("--prefill", default="10000,100000", help="delivery-only queue sizes ('' to skip)")
     ap.add_argument("--queue-only", type=int, default=2000)
     ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--dir", help="make every scratch directory (queues, Maildirs) below DIR,"
+                    " e.g. on the file system a queue will live on (default: $TMPDIR or /tmp)")
     args = ap.parse_args()
+    global SCRATCH_PARENT
+    SCRATCH_PARENT = args.dir
     sessions = [int(x) for x in args.sessions.split(",") if x]
     with_postfix = not args.no_postfix and os.geteuid() == 0 and shutil.which("postfix") is not None
     report: dict = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}
