@@ -19,8 +19,9 @@ ROUTES    smtproutes ``domain:relay[:port]`` (keys: host, each ``.suffix``, then
           else A/AAAA; MXs at or above our own preference are dropped.
 SMTP      EHLO (HELO if EHLO is refused); STARTTLS when offered, opportunistic and
           unverified, and on a failed handshake one reconnect in plain text to the same
-          address; SIZE= and SMTPUTF8 when offered; MAIL plus every RCPT in one write when
-          PIPELINING is offered; one transaction for all recipients; DATA with every line
+          address; SIZE= when offered; SMTPUTF8 when offered and an envelope address or
+          the header has a byte above 127 (RFC 6531/6532); MAIL plus every RCPT in one
+          write when PIPELINING is offered; one transaction for all recipients; DATA with every line
           dot-stuffed and CRLF-terminated (qpy.smtpclient.DataEncoder); QUIT, reply not
           awaited.  Only connect failures move on to the next address.
 TRUSTS    nothing from the network: replies are parsed as three digits and bounded text.
@@ -38,6 +39,7 @@ from qpy.tcpto import Tcpto
 
 PORT = 25
 CHUNK = 65536
+HEADER_PEEK = 4 * CHUNK     # how far header_8bit() looks for the end of the header
 
 USAGE = b"DI (qmail-remote) was invoked improperly. (#5.3.5)\n"
 CHDIR = b"ZUnable to switch to home directory. (#4.3.0)\n"
@@ -130,6 +132,8 @@ class Message:
     def __init__(self, fd: int = 0) -> None:
         self.fd = fd
         self.size: int | None = None
+        self.ahead = b""                    # read by header_8bit(), sent first by chunks()
+        self.eight: bool | None = None
         try:
             st = os.fstat(fd)
         except OSError:
@@ -149,17 +153,38 @@ class Message:
         except OSError:
             return True     # find out while sending
 
-    def chunks(self):
-        """The message, chunk by chunk; a read error is ``Unable to read message``."""
+    def read(self) -> bytes:
+        """The next chunk of fd 0 (b"" at its end); a read error is ``Unable to read message``."""
         while True:
             try:
-                data = os.read(self.fd, CHUNK)
+                return os.read(self.fd, CHUNK)
             except InterruptedError:
                 continue
             except OSError:
                 raise Done(READ)
-            if not data:
-                return
+
+    def header_8bit(self) -> bool:
+        """True if the header (up to the first empty line, at most HEADER_PEEK bytes) has a
+        byte above 127, i.e. the message needs SMTPUTF8 (RFC 6532).  Reads ahead once;
+        what it read is sent first by chunks()."""
+        if self.eight is None:
+            ahead = bytearray()
+            while not (ahead.startswith(b"\n") or b"\n\n" in ahead) and len(ahead) < HEADER_PEEK:
+                data = self.read()
+                if not data:
+                    break
+                ahead += data
+            end = 0 if ahead.startswith(b"\n") else ahead.find(b"\n\n")
+            self.ahead = bytes(ahead)
+            self.eight = not self.ahead[:end if end >= 0 else HEADER_PEEK].isascii()
+        return self.eight
+
+    def chunks(self):
+        """The message, chunk by chunk."""
+        if self.ahead:
+            yield self.ahead
+            self.ahead = b""
+        while data := self.read():
             yield data
 
 
@@ -240,8 +265,8 @@ class Session:
         line = b"MAIL FROM:<" + smtp_address(self.sender) + b">"
         if b"SIZE" in extensions and self.message.size is not None:
             line += b" SIZE=%d" % self.message.size
-        if b"SMTPUTF8" in extensions and not all(
-                a.isascii() for a in [self.sender, *self.recips]):
+        if b"SMTPUTF8" in extensions and (not all(
+                a.isascii() for a in [self.sender, *self.recips]) or self.message.header_8bit()):
             line += b" SMTPUTF8"
         return line + b"\r\n"
 

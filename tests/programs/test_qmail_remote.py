@@ -370,6 +370,49 @@ def test_smtputf8_when_offered_and_needed(home, dns):
     assert sink.messages[0].rcpts == ['"jos\u00e9"@example.test'.encode()]
 
 
+UTF8_HEADER = "From: Jos\u00e9 <a@example.org>\nSubject: caf\u00e9\n\nHello.\n".encode()
+
+
+@pytest.mark.parametrize("source", ["pipe", "file"])
+def test_smtputf8_for_a_utf8_header_with_an_ascii_envelope(home, dns, tmp_path, source):
+    with sink_group(["127.0.0.2"], extensions=(b"SMTPUTF8",)) as (sink,):
+        mx_port(home, sink.port)
+        if source == "pipe":
+            recs = remote(home, dns, "example.test", ["r@example.test"], message=UTF8_HEADER)
+        else:
+            (tmp_path / "msg").write_bytes(UTF8_HEADER)
+            with open(tmp_path / "msg", "rb") as f:
+                recs = remote(home, dns, "example.test", ["r@example.test"], stdin=f)
+    assert recs[-1].startswith(b"K")
+    assert sink.messages[0].params.split()[-1] == b"SMTPUTF8"
+    assert sink.messages[0].data == crlf(UTF8_HEADER)      # the bytes read ahead are sent once
+
+
+def test_no_smtputf8_for_utf8_only_in_the_body(home, dns):
+    msg = "Subject: plain\n\ncaf\u00e9\n".encode()
+    recs, sink = deliver(home, dns, ["r@example.test"], message=msg, extensions=(b"SMTPUTF8",))
+    assert recs[-1].startswith(b"K")
+    assert b"SMTPUTF8" not in sink.messages[0].params
+    assert sink.messages[0].data == crlf(msg)
+
+
+def test_utf8_header_to_a_server_without_smtputf8_is_sent_as_is(home, dns):
+    recs, sink = deliver(home, dns, ["r@example.test"], message=UTF8_HEADER)
+    assert recs[-1].startswith(b"K")
+    assert b"SMTPUTF8" not in sink.messages[0].params
+    assert sink.messages[0].data == crlf(UTF8_HEADER)
+
+
+def test_utf8_deep_in_a_long_header(home, dns):
+    # The header spans several reads; the only non-ASCII byte is near its end.
+    msg = b"".join(b"X-Pad-%d: %s\n" % (i, b"p" * 70) for i in range(2000))
+    msg += "Subject: \u00fcber\n\n".encode() + b"body\n" * 10
+    recs, sink = deliver(home, dns, ["r@example.test"], message=msg, extensions=(b"SMTPUTF8",))
+    assert recs[-1].startswith(b"K")
+    assert sink.messages[0].params.split()[-1] == b"SMTPUTF8"
+    assert sink.messages[0].data == crlf(msg)
+
+
 # -- addresses ------------------------------------------------------------------------------
 
 def test_address_quoting_and_null_sender(home, dns):
