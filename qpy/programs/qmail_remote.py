@@ -168,14 +168,13 @@ class Message:
         byte above 127, i.e. the message needs SMTPUTF8 (RFC 6532).  Reads ahead once;
         what it read is sent first by chunks()."""
         if self.eight is None:
-            ahead = bytearray()
-            while not (ahead.startswith(b"\n") or b"\n\n" in ahead) and len(ahead) < HEADER_PEEK:
+            ahead = bytearray(b"\n")       # so an empty header is found as "\n\n" too
+            while (end := ahead.find(b"\n\n")) < 0 and len(ahead) <= HEADER_PEEK:
                 data = self.read()
                 if not data:
                     break
                 ahead += data
-            end = 0 if ahead.startswith(b"\n") else ahead.find(b"\n\n")
-            self.ahead = bytes(ahead)
+            self.ahead = bytes(ahead[1:])
             self.eight = not self.ahead[:end if end >= 0 else HEADER_PEEK].isascii()
         return self.eight
 
