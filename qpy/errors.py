@@ -1,12 +1,24 @@
-"""Named failures.  Each program's main() renders them into its own protocol.
+"""Named failures, and the one rule for failing.
 
-``TempFail`` is qmail's 111 / ``Z``; ``PermFail`` is 100 / ``D``.  The text of
-an instance carries the enhanced status code, e.g. ``"Unable to read control
-files. (#4.3.0)"``.  Library code raises these and never calls sys.exit.
+THE LIBRARY raises ``QmailError`` subclasses and never calls sys.exit or raises
+``Exit``: ``TempFail`` is qmail's 111 / ``Z``, ``PermFail`` is 100 / ``D``, and
+``QueueFail`` is the queue writer's failure, whose ``exit_code`` is qmail-queue's
+(qmail-queue.8).  The text of an instance carries the enhanced status code, e.g.
+``"Unable to read control files. (#4.3.0)"``.
+
+A PROGRAM leaves through ``Exit(code, text)``, raised anywhere inside it and
+turned into the exit code and one stderr line by its main(); each main() renders
+the library's failures into its own protocol (exit code, ``Z…\\0`` report, SMTP
+reply, qmail-queue code).  Anything unexpected is a temporary failure.
+
+A FORKED CHILD that dies of an exception nobody expected writes one line naming
+it (``warm.crash_line``: type, message, file:line) to fd 2 before its exit code.
 """
 from __future__ import annotations
 
 import errno
+
+from qpy.exitcodes import qq_text
 
 
 class Exit(Exception):
@@ -65,8 +77,13 @@ class FormatError(PermFail):
     """Input is not in the expected format."""
 
 
-class QueueFail(TempFail):
-    """qmail-queue failed with one of its exit codes (exit_code holds it)."""
+class QueueFail(QmailError):
+    """The queue writer failed: ``exit_code`` is qmail-queue's exit code, the text qmail_close()'s."""
+
+    def __init__(self, code: int) -> None:
+        text = qq_text(code)
+        super().__init__(text[1:], code)
+        self.letter = text[:1]
 
 
 # qmail's error_temp(): errno values that mean "try again later".

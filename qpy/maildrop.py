@@ -33,6 +33,7 @@ HEADER_LEN = len(MAGIC) + 21
 FINAL = re.compile(r"d[0-9a-f]{32}\Z")
 TEMP = re.compile(r"t[0-9a-f]{32}\Z")
 STALE = 129600      # 36 h, as qmail-clean's pid/ cleanup
+BUSY = 0xFF         # qmail-queued's answer "not now": it read nothing, use maildrop/
 
 
 class Malformed(Exception):

@@ -23,7 +23,6 @@ mid-message leaves S2/S3 files for the 36 h cleanup, as a killed qmail-queue doe
 """
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import time
@@ -194,7 +193,7 @@ class DirectJob:
             self._fd = self._writer.begin(qp_is_id=True)
             self.pid = self._writer.pid
         except BaseException as e:
-            self._code = _code_of(e)
+            self._code = queuewrite.code_of(e)
             self._writer.remove_partial()
         finally:
             os.umask(old)
@@ -206,7 +205,7 @@ class DirectJob:
         try:
             queuewrite._write_all(self._fd, data)
         except BaseException as e:
-            self._code = _code_of(e)
+            self._code = queuewrite.code_of(e)
 
     def close(self, sender: bytes, recipients: list[bytes]) -> str:
         """Sync the message, write intd/todo, pull the trigger; return qmail_close()'s text."""
@@ -225,7 +224,7 @@ class DirectJob:
             self._writer.commit(fd, lambda out: queuewrite._copy_envelope(
                 -1, out, lambda: chunks.pop() if chunks else b""))
         except BaseException as e:
-            self._code = _code_of(e)
+            self._code = queuewrite.code_of(e)
             self._writer.remove_partial()
             return qq_text(self._code)
         finally:
@@ -246,17 +245,6 @@ class DirectJob:
                 pass
             self._fd = -1
         self._writer.remove_partial()
-
-
-def _code_of(e: BaseException) -> int:
-    """qmail-queue's exit code for an exception raised while writing."""
-    if isinstance(e, queuewrite.Exit):
-        return e.code
-    if isinstance(e, MemoryError):
-        return QQ.NOMEM
-    if isinstance(e, OSError):
-        return QQ.WRITE_ERROR if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) else QQ.BUG
-    raise e
 
 
 def _alarm_seconds() -> int:

@@ -4,23 +4,27 @@
 pid file → link mess/ (S2) → Received line + message → fsync the file and mess/<split>
 → intd/<id> (S3) → fsync → link todo/<id> (S4: queued) → fsync todo/.  The caller
 pulls the trigger.  ``run(msg_fd, env_fd)`` is qmail-queue's whole sequence on two
-fds; ``begin()``/``commit()`` are the same steps for a caller that already holds
-the envelope in memory (qpy.qmailq.DirectJob: a process that owns the
-queue writes it itself instead of forking a qmail-queue).  Every failure raises
-``Exit(code)`` with qmail-queue's exit code; ``remove_partial()`` then removes what
+fds; ``queue(msg_fd, env_fd, uid, who)`` is that run with its cleanup, exit code and
+trigger, as qmail-queue, qmail-queued and qmail-pickup call it under qmail-queue's
+signals (``setup_signals()``).  ``begin()``/``commit()`` are the same steps for a
+caller that already holds the envelope in memory (qpy.qmailq.DirectJob: a process
+that owns the queue writes it itself instead of forking a qmail-queue).  Every failure raises
+``QueueFail(code)`` with qmail-queue's exit code; ``remove_partial()`` then removes what
 this insertion created (nothing that has a todo/ link).  Four fsyncs per message,
 none skipped: a 0 exit / "" close means the message and its todo/ entry are on disk.
 """
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import time
 from collections.abc import Callable
 
-from qpy import auto, prot, received, spare
+from qpy import auto, prot, received, spare, trigger
 from qpy.auto import SPLIT
 from qpy.envelope import MAX_ADDR
-from qpy.errors import Exit         # raised with qmail-queue's exit codes
+from qpy.errors import QueueFail
 from qpy.exitcodes import QQ
 
 CHUNK = 65536
@@ -95,7 +99,7 @@ def _read(fd: int) -> bytes:
         except InterruptedError:
             continue
         except OSError:
-            raise Exit(QQ.READ_ERROR)
+            raise QueueFail(QQ.READ_ERROR)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -107,7 +111,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         except InterruptedError:
             continue
         except OSError:
-            raise Exit(QQ.WRITE_ERROR)
+            raise QueueFail(QQ.WRITE_ERROR)
         view = view[n:]
 
 
@@ -116,7 +120,7 @@ def _fsync(fd: int) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        raise Exit(QQ.WRITE_ERROR)
+        raise QueueFail(QQ.WRITE_ERROR)
 
 
 def _fsync_dir(path: str, code: int) -> None:
@@ -124,11 +128,11 @@ def _fsync_dir(path: str, code: int) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        raise Exit(code)
+        raise QueueFail(code)
     try:
         os.fsync(fd)
     except OSError:
-        raise Exit(QQ.WRITE_ERROR)
+        raise QueueFail(QQ.WRITE_ERROR)
     finally:
         os.close(fd)
 
@@ -146,14 +150,14 @@ def _copy_envelope(in_fd: int, out: bytearray, read: Callable[[], bytes] | None 
         if pos < len(buf):
             lead = buf[pos:pos + 1]
             if first and lead != b"F":
-                raise Exit(QQ.ENVELOPE)
+                raise QueueFail(QQ.ENVELOPE)
             if not first and lead == b"\0":
                 return
             if not first and lead != b"T":
-                raise Exit(QQ.ENVELOPE)
+                raise QueueFail(QQ.ENVELOPE)
             nul = buf.find(b"\0", pos)
             if (nul if nul != -1 else len(buf)) - pos - 1 > MAX_ADDR:
-                raise Exit(QQ.ADDR_TOO_LONG)
+                raise QueueFail(QQ.ADDR_TOO_LONG)
             if nul != -1:
                 out += buf[pos:nul + 1]
                 pos = nul + 1
@@ -161,7 +165,7 @@ def _copy_envelope(in_fd: int, out: bytearray, read: Callable[[], bytes] | None 
                 continue
         chunk = _read(in_fd) if read is None else read()
         if not chunk:
-            raise Exit(QQ.READ_ERROR)
+            raise QueueFail(QQ.READ_ERROR)
         buf = buf[pos:] + chunk
         pos = 0
 
@@ -192,7 +196,7 @@ class Writer:
             try:
                 spare.trim(fd, os.lseek(fd, 0, os.SEEK_CUR) if length is None else length)
             except OSError:
-                raise Exit(QQ.WRITE_ERROR)
+                raise QueueFail(QQ.WRITE_ERROR)
 
     def open_pid_file(self) -> tuple[int, str]:
         """Create pid/<pid>.<time>.<seq> exclusively (exit 63 if nine tries fail)."""
@@ -203,7 +207,7 @@ class Writer:
                 return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), name
             except OSError:
                 continue
-        raise Exit(QQ.PID_DIR)
+        raise QueueFail(QQ.PID_DIR)
 
     def _messname(self, msgid: int) -> str:
         return self.base + f"mess/{msgid % SPLIT}/{msgid}"
@@ -245,12 +249,12 @@ class Writer:
             try:
                 os.link(pidname, messname)
             except OSError:
-                raise Exit(QQ.MESS_DIR)
+                raise QueueFail(QQ.MESS_DIR)
             self.made.append(messname)
             try:
                 os.unlink(pidname)
             except OSError:
-                raise Exit(QQ.PID_DIR)
+                raise QueueFail(QQ.PID_DIR)
             self.made.remove(pidname)
             # S2: mess exists.
         except BaseException:
@@ -272,13 +276,13 @@ class Writer:
         """Create intd/<id> (S3) and write ``u…\0p…\0`` + the envelope; return its open fd.
 
         ``envelope(out)`` appends the checked envelope records (without the final
-        empty one) to ``out``; it raises Exit.  The caller fsyncs and closes the fd.
+        empty one) to ``out``; it raises QueueFail.  The caller fsyncs and closes the fd.
         """
         intdname = self.base + f"intd/{self.msgid}"
         try:
             ifd = self._create(intdname)
         except OSError:
-            raise Exit(QQ.INTD_DIR)
+            raise QueueFail(QQ.INTD_DIR)
         self.made.append(intdname)
         try:
             # S3: intd exists.
@@ -297,7 +301,7 @@ class Writer:
         try:
             os.link(self.base + f"intd/{self.msgid}", self.base + f"todo/{self.msgid}")
         except OSError:
-            raise Exit(QQ.TODO_DIR)
+            raise QueueFail(QQ.TODO_DIR)
         _fsync_dir(self.base + "todo", QQ.TODO_DIR)
         # S4: the message is queued at this instant.
         self.made.clear()
@@ -365,3 +369,77 @@ class Writer:
                 os.unlink(name)
             except OSError:
                 pass
+
+
+def code_of(e: BaseException) -> int:
+    """qmail-queue's exit code for an exception raised while writing; anything else is re-raised."""
+    if isinstance(e, QueueFail):
+        return e.exit_code
+    if isinstance(e, MemoryError):
+        return QQ.NOMEM
+    if isinstance(e, OSError):
+        return QQ.WRITE_ERROR if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) else QQ.BUG
+    raise e
+
+
+def queue(msg_fd: int, env_fd: int, uid: int, who: bytes, pid: int | None = None) -> int:
+    """Run the whole qmail-queue sequence in the current directory (queue/); return the exit code.
+
+    ``pid`` is the qp recorded in the Received line and the todo file (default: ours;
+    qmail-queued passes its client's, so the caller's ``qp`` matches qmail-send's log).
+    """
+    writer = Writer(uid, pid or os.getpid(), who)
+    try:
+        writer.run(msg_fd, env_fd)
+    except (QueueFail, MemoryError, OSError) as e:
+        writer.remove_partial()
+        return code_of(e)
+    trigger.pull()
+    return QQ.OK
+
+
+def read_envelope(fd: int) -> bytes:
+    """Read and check the envelope on ``fd``; its records without the final NUL.  Raises QueueFail."""
+    out = bytearray()
+    _copy_envelope(fd, out)
+    return bytes(out)
+
+
+def become_owner(owner: os.stat_result) -> None:
+    """As root, become queue/'s owner and group, as qmail's setuid qmailq would.  Raises."""
+    if os.geteuid() != owner.st_uid:
+        prot.drop_to(owner.st_uid, owner.st_gid)
+
+
+# qmail-queue's signals.
+ALARM = 86400
+
+
+def alarm_seconds() -> int:
+    """The suicide timer: 24 h, or $QPY_QUEUE_ALARM seconds."""
+    return int(os.environ.get("QPY_QUEUE_ALARM") or ALARM)
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise QueueFail(QQ.TIMEOUT)
+
+
+def _on_bug(signum: int, frame: object) -> None:
+    raise QueueFail(QQ.BUG)
+
+
+# qmail's sig_miscignore and sig_bugcatch: a terminal's ^C or a hangup must not cut a
+# write in half; a file size limit turns into a write error; a fault signal is exit 81.
+IGNORED = (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGXFSZ,
+           signal.SIGVTALRM, signal.SIGPROF)
+BUGS = (signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGBUS, signal.SIGSEGV,
+        signal.SIGSYS, signal.SIGTRAP)
+
+
+def setup_signals() -> None:
+    """qmail-queue's signals: ALRM is exit 52, a fault signal exit 81, the IGNORED ones ignored."""
+    signal.signal(signal.SIGALRM, _on_alarm)
+    for sig in IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in BUGS:
+        signal.signal(sig, _on_bug)

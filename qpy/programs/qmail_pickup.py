@@ -40,9 +40,9 @@ import sys
 import threading
 import time
 
-from qpy import auto, maildrop, prot, trigger, warm
+from qpy import auto, maildrop, prot, queuewrite, trigger, warm
+from qpy.errors import QueueFail
 from qpy.exitcodes import qq_text
-from qpy.programs import qmail_queue
 
 NAME = "qmail-pickup"
 SCAN_INTERVAL = 300
@@ -98,8 +98,8 @@ def envelope_fd(fd: int, size: int) -> tuple[int, int]:
         f.write(env)
     os.lseek(efd, 0, os.SEEK_SET)
     try:
-        records = qmail_queue.read_envelope(efd)
-    except qmail_queue.Exit:
+        records = queuewrite.read_envelope(efd)
+    except QueueFail:
         raise maildrop.Malformed("bad envelope")
     if records + b"\0" != env:
         raise maildrop.Malformed("data after the envelope")
@@ -139,12 +139,12 @@ class Pickup:
             owner = os.stat("queue")
         except OSError as e:
             raise Fatal(f"unable to reach {home}/queue: {e.strerror}")
-        self.priv = qmail_queue.privileged_instance()
+        self.priv = queuewrite.privileged_instance()
         try:
-            qmail_queue.become_owner(owner)
+            queuewrite.become_owner(owner)
         except prot.TempFail:
             raise Fatal("not the owner of queue")
-        self.special = qmail_queue.special_uids(self.priv)
+        self.special = queuewrite.special_uids(self.priv)
         try:
             self.drop = os.open(maildrop.DIR, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
@@ -240,7 +240,7 @@ class Pickup:
     def pick(self, name: str) -> int:
         """Check one drop file and queue it as its owner; PICKED, REMOVED, RETRY or GONE."""
         signal.set_wakeup_fd(-1)
-        qmail_queue.setup_signals()
+        queuewrite.setup_signals()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
@@ -267,7 +267,7 @@ class Pickup:
         threading.Thread(target=copy_message, args=(fd, w, msglen), daemon=True).start()
         os.chdir("queue")
         uid = st.st_uid
-        code = qmail_queue.queue(r, efd, uid, qmail_queue.who_invoked(uid, self.priv, self.special))
+        code = queuewrite.queue(r, efd, uid, queuewrite.who_invoked(uid, self.priv, self.special))
         os.chdir("..")
         if code != 0:
             log(f"warning: {maildrop.DIR}/{name} (uid {uid}): {qq_text(code)}; will try again later")

@@ -29,88 +29,19 @@ EXIT      0 queued; 11 address too long; 51 out of memory; 52 timeout (24 h, or
 """
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import stat
 
-from qpy import auto, maildrop, prot, trigger
+from qpy import auto, maildrop, trigger
+from qpy.errors import QueueFail
 from qpy.exitcodes import QQ
-# The writer lives in qpy.queuewrite (qpy.qmailq runs it in-process too); these names
-# stay importable from here (qmail-queued and qmail-pickup use them).
-from qpy.queuewrite import (Exit, Writer, _copy_envelope, _fsync, _fsync_dir,  # noqa: F401
-                            _read, _write_all, privileged_instance, special_uids, who_invoked)
-
-ALARM = 86400
-
-
-def _on_alarm(signum: int, frame: object) -> None:
-    raise Exit(QQ.TIMEOUT)
-
-
-def queue(msg_fd: int, env_fd: int, uid: int, who: bytes, pid: int | None = None) -> int:
-    """Run the whole qmail-queue sequence in the current directory (queue/); return the exit code.
-
-    ``pid`` is the qp recorded in the Received line and the todo file (default: ours;
-    qmail-queued passes its client's, so the caller's ``qp`` matches qmail-send's log).
-    """
-    writer = Writer(uid, pid or os.getpid(), who)
-    try:
-        writer.run(msg_fd, env_fd)
-    except Exit as e:
-        writer.remove_partial()
-        return e.code
-    except MemoryError:
-        writer.remove_partial()
-        return QQ.NOMEM
-    except OSError as e:
-        writer.remove_partial()
-        return QQ.WRITE_ERROR if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) else QQ.BUG
-    trigger.pull()
-    return QQ.OK
-
-
-def _on_bug(signum: int, frame: object) -> None:
-    raise Exit(QQ.BUG)
-
-
-# qmail's sig_miscignore and sig_bugcatch: a terminal's ^C or a hangup must not cut a
-# write in half; a file size limit turns into a write error; a fault signal is exit 81.
-IGNORED = (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGXFSZ,
-           signal.SIGVTALRM, signal.SIGPROF)
-BUGS = (signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGBUS, signal.SIGSEGV,
-        signal.SIGSYS, signal.SIGTRAP)
-
-
-def setup_signals() -> None:
-    """qmail-queue's signals: ALRM is exit 52, a fault signal exit 81, the IGNORED ones ignored."""
-    signal.signal(signal.SIGALRM, _on_alarm)
-    for sig in IGNORED:
-        signal.signal(sig, signal.SIG_IGN)
-    for sig in BUGS:
-        signal.signal(sig, _on_bug)
-
-
-def alarm_seconds() -> int:
-    """The suicide timer: 24 h, or $QPY_QUEUE_ALARM seconds."""
-    return int(os.environ.get("QPY_QUEUE_ALARM") or ALARM)
-
-
-def become_owner(owner: os.stat_result) -> None:
-    """As root, become queue/'s owner and group, as qmail's setuid qmailq would.  Raises."""
-    if os.geteuid() != owner.st_uid:
-        prot.drop_to(owner.st_uid, owner.st_gid)
-
-
-def read_envelope(fd: int) -> bytes:
-    """Read and check the envelope on ``fd``; its records without the final NUL.  Raises Exit."""
-    out = bytearray()
-    _copy_envelope(fd, out)
-    return bytes(out)
+from qpy.queuewrite import (_fsync, _fsync_dir, _read, _write_all, alarm_seconds, become_owner,
+                            privileged_instance, queue, read_envelope, setup_signals,
+                            who_invoked)
 
 
 # The thin client (privileged mode, caller is not the queue's owner).
-BUSY = 0xFF             # qmail-queued's "not now": it read nothing, use maildrop/
 HELLO = b"\0"           # the one byte that carries fds 0 and 1 (its value means nothing)
 CONNECT_TIMEOUT = 10.0
 CLIENT_MARGIN = 300     # the client outwaits the service's own suicide timer
@@ -139,7 +70,7 @@ def via_service(owner: int) -> int | None:
         sock.close()
     if not reply:
         return QQ.BUG           # the service took the message and went away
-    return None if reply[0] == BUSY else reply[0]
+    return None if reply[0] == maildrop.BUSY else reply[0]
 
 
 def _syncfs(fd: int) -> None:
@@ -151,15 +82,15 @@ def _syncfs(fd: int) -> None:
         os.sync()
         return
     if rc != 0:
-        raise Exit(QQ.WRITE_ERROR)
+        raise QueueFail(QQ.WRITE_ERROR)
 
 
 def _sync_dir(path: str, fd: int) -> None:
     """Make a rename in ``path`` durable; its writers may not open it (maildrop/ is 03733)."""
     try:
         _fsync_dir(path, QQ.QUEUE_DIR)
-    except Exit as e:
-        if e.code != QQ.QUEUE_DIR:
+    except QueueFail as e:
+        if e.exit_code != QQ.QUEUE_DIR:
             raise
         _syncfs(fd)
 
@@ -180,7 +111,7 @@ def drop(owner: int) -> int:
     try:
         os.fchmod(fd, 0o640)
         if os.fstat(fd).st_gid != dirst.st_gid:
-            raise Exit(QQ.QUEUE_DIR)    # qmail-pickup could not read it
+            raise QueueFail(QQ.QUEUE_DIR)    # qmail-pickup could not read it
         _write_all(fd, maildrop.header(0))
         msglen = 0
         while chunk := _read(0):
@@ -190,13 +121,13 @@ def drop(owner: int) -> int:
         try:
             os.pwrite(fd, maildrop.header(msglen), 0)
         except OSError:
-            raise Exit(QQ.WRITE_ERROR)
+            raise QueueFail(QQ.WRITE_ERROR)
         _fsync(fd)
         final = os.path.join(maildrop.DIR, maildrop.final_name())
         try:
             os.rename(name, final)
         except OSError:
-            raise Exit(QQ.QUEUE_DIR)
+            raise QueueFail(QQ.QUEUE_DIR)
         name = final
         _fsync(fd)              # on a journalling file system this also commits the rename
         _sync_dir(maildrop.DIR, fd)
@@ -250,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             return QQ.QUEUE_DIR
         return queue(0, 1, uid, who_invoked(uid, priv))
-    except Exit as e:
-        return e.code
+    except QueueFail as e:
+        return e.exit_code
     except MemoryError:
         return QQ.NOMEM
     except Exception:

@@ -39,14 +39,13 @@ import socket
 import sys
 import time
 
-from qpy import auto, maildrop, prot, warm
-from qpy.programs import qmail_queue
+from qpy import auto, maildrop, prot, queuewrite, warm
 
 NAME = "qmail-queued"
 CONCURRENCY = 200
 BACKLOG = 128
 HELLO_TIMEOUT = 30.0
-BUSY = bytes([qmail_queue.BUSY])
+BUSY = bytes([maildrop.BUSY])
 
 
 class Fatal(Exception):
@@ -64,7 +63,7 @@ def log(text: str) -> None:
 def become_owner() -> None:
     """As root, become queue/'s owner (qmailq, group qmail); otherwise we must be it."""
     try:
-        qmail_queue.become_owner(os.stat("queue"))
+        queuewrite.become_owner(os.stat("queue"))
     except OSError as e:
         raise Fatal(f"unable to stat queue: {e.strerror}")
     except prot.TempFail:
@@ -120,9 +119,9 @@ class Service:
             os.chdir(home)
         except OSError as e:
             raise Fatal(f"unable to chdir to {home}: {e.strerror}")
-        self.priv = qmail_queue.privileged_instance()
+        self.priv = queuewrite.privileged_instance()
         become_owner()
-        self.special = qmail_queue.special_uids(self.priv)
+        self.special = queuewrite.special_uids(self.priv)
         self.lock = lock_public()
         try:
             self.sock = listen(maildrop.SOCKET)
@@ -237,10 +236,10 @@ class Service:
             if len(fds) != 2 or flags & socket.MSG_CTRUNC:
                 warm.child_exit(0)   # every fd we got closes with us; no answer
             warm.place_fds({0: fds[0], 1: fds[1], 3: conn.detach()})
-            qmail_queue.setup_signals()
-            signal.alarm(qmail_queue.alarm_seconds())
-            who = qmail_queue.who_invoked(uid, self.priv, self.special)
-            code = qmail_queue.queue(0, 1, uid, who, pid if pid > 0 else None)
+            queuewrite.setup_signals()
+            signal.alarm(queuewrite.alarm_seconds())
+            who = queuewrite.who_invoked(uid, self.priv, self.special)
+            code = queuewrite.queue(0, 1, uid, who, pid if pid > 0 else None)
             signal.alarm(0)
             os.write(3, bytes([code]))
         except BaseException:
