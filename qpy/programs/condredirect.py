@@ -16,8 +16,7 @@ import os
 import signal
 import sys
 
-from qpy import child
-from qpy.programs.forward import requeue
+from qpy import child, qmailq
 
 
 def die(code: int, text: str) -> int:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if dtline is None:
         return die(100, "DTLINE not set")
     try:
-        result, qp = requeue(dtline, sender, [os.fsencode(argv[0])])
+        result, qp = qmailq.queue_fd(0, sender, [os.fsencode(argv[0])], dtline)
     except OSError as e:
         return die(111, f"unable to read message: {e.strerror}")
     if result:

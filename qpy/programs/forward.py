@@ -24,11 +24,6 @@ def die(code: int, text: str) -> int:
     return code
 
 
-def requeue(dtline: bytes, sender: bytes, recipients: list[bytes], fd: int = 0) -> tuple[str, int]:
-    """Queue DTLINE + the message on ``fd``; return (qmail_close text, qp)."""
-    return qmailq.queue_fd(fd, sender, recipients, dtline)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Forward stdin to the argument addresses."""
     argv = sys.argv[1:] if argv is None else argv
@@ -40,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if dtline is None:
         return die(100, "DTLINE not set")
     try:
-        result, qp = requeue(dtline, sender, [os.fsencode(a) for a in argv])
+        result, qp = qmailq.queue_fd(0, sender, [os.fsencode(a) for a in argv], dtline)
     except OSError as e:
         return die(111, f"unable to read message: {e.strerror}")
     if result:
