@@ -3,34 +3,23 @@
 ``start`` forks a child that either execs a command (execvp, as the C tools do) or
 runs one of our own programs warm (``qpy.warm``; exec'd under QPY_EXEC), with an
 optional fd as its stdin.  ``wait`` returns the child's exit code and raises
-``Crashed`` if a signal killed it.  ``feed`` writes bytes into a pipe, ignoring a
-reader that went away (the C tools ignore SIGPIPE and write blindly).
+``Crashed`` if a signal killed it.  The tools feed their children through
+``fdio.feed``/``fdio.copy``, ignoring a reader that went away (the C tools ignore
+SIGPIPE and write blindly).
 """
 from __future__ import annotations
 
-import errno
 import io
 import os
 import signal
 import sys
 
-from qpy import warm
-
-# qmail's error_temp(): errno values that mean "try again later".
-TEMP_ERRNOS = frozenset(getattr(errno, name) for name in (
-    "EINTR", "ENOMEM", "ETXTBSY", "EIO", "ETIMEDOUT", "EWOULDBLOCK", "EAGAIN", "EDEADLK",
-    "EBUSY", "ENFILE", "EMFILE", "EFBIG", "ENOSPC", "ENETDOWN", "ENETUNREACH", "ENETRESET",
-    "ECONNABORTED", "ECONNRESET", "ENOBUFS", "EHOSTDOWN", "EHOSTUNREACH", "ESTALE",
-    "EDQUOT", "EPIPE") if hasattr(errno, name))
+from qpy import fdio, warm
+from qpy.errors import temporary_errno
 
 
 class Crashed(Exception):
     """The child was killed by a signal."""
-
-
-def is_temp(err: OSError) -> bool:
-    """True if an OSError is a temporary condition (qmail's error_temp)."""
-    return err.errno in TEMP_ERRNOS
 
 
 def fresh_stdio() -> None:
@@ -73,7 +62,7 @@ def start(argv: list[str], stdin: int | None = None, close: tuple[int, ...] = ()
             try:
                 os.execvp(argv[0], argv)
             except OSError as e:
-                code = exec_fail(e) if exec_fail else (111 if is_temp(e) else 100)
+                code = exec_fail(e) if exec_fail else (111 if temporary_errno(e.errno) else 100)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 111
     except BaseException:
@@ -84,44 +73,10 @@ def start(argv: list[str], stdin: int | None = None, close: tuple[int, ...] = ()
 
 def wait(pid: int) -> int:
     """Wait for a child; return its exit code, raise Crashed if a signal killed it."""
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    status = fdio.wait_status(pid)
     if os.WIFSIGNALED(status):
         raise Crashed(f"child killed by signal {os.WTERMSIG(status)}")
     return os.WEXITSTATUS(status)
-
-
-def feed(fd: int, data: bytes) -> bool:
-    """Write all of ``data`` to ``fd``; False (and stop) if the reader is gone."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except InterruptedError:
-            continue
-        except BrokenPipeError:
-            return False
-    return True
-
-
-def copy(src: int, dst: int, chunk: int = 65536) -> bool:
-    """Copy ``src`` to EOF into ``dst``; False if the reader of ``dst`` went away.
-
-    A read error raises OSError (the callers report "unable to read").
-    """
-    while True:
-        try:
-            data = os.read(src, chunk)
-        except InterruptedError:
-            continue
-        if not data:
-            return True
-        if not feed(dst, data):
-            return False
 
 
 def rewind(fd: int = 0) -> None:

@@ -86,12 +86,13 @@ class QueueFail(QmailError):
         self.letter = text[:1]
 
 
-# qmail's error_temp(): errno values that mean "try again later".
+# qmail's error_temp() (error_temp.c), in its order: errno values that mean "try again
+# later".  The one list; names this system lacks (EPROCLIM on Linux) are skipped.
 TEMP_ERRNOS = frozenset(getattr(errno, name) for name in (
     "EINTR", "ENOMEM", "ETXTBSY", "EIO", "ETIMEDOUT", "EWOULDBLOCK", "EAGAIN", "EDEADLK",
     "EBUSY", "ENFILE", "EMFILE", "EFBIG", "ENOSPC", "ENETDOWN", "ENETUNREACH", "ENETRESET",
-    "ECONNABORTED", "ECONNRESET", "ENOBUFS", "EHOSTDOWN", "EHOSTUNREACH", "EUSERS", "EDQUOT",
-    "ESTALE", "EREMOTE", "ENOLCK") if hasattr(errno, name))
+    "ECONNABORTED", "ECONNRESET", "ENOBUFS", "ETOOMANYREFS", "ECONNREFUSED", "EHOSTDOWN",
+    "EHOSTUNREACH", "EPROCLIM", "EUSERS", "EDQUOT", "ESTALE", "ENOLCK") if hasattr(errno, name))
 
 
 def temporary_errno(err: int | None) -> bool:

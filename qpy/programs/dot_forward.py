@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 
-from qpy import aliases, child, qmailq
+from qpy import aliases, child, fdio, qmailq
 from qpy.errors import Exit, QmailError
 from qpy.exitcodes import PERM_PROGRAM
 
@@ -80,8 +80,8 @@ class DotForward:
             raise fatal(111, f"unable to fork: {e.strerror}")
         os.close(r)
         try:
-            if child.feed(w, b"".join(self.lines[n] for n in (b"UFLINE", b"RPLINE", b"DTLINE"))):
-                child.copy(0, w)
+            if fdio.feed(w, b"".join(self.lines[n] for n in (b"UFLINE", b"RPLINE", b"DTLINE"))):
+                fdio.copy(0, w)
         except OSError as e:
             os.close(w)
             raise fatal(111, f"unable to read message: {e.strerror}")

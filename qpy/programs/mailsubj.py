@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from qpy import child
+from qpy import child, fdio
 
 
 def header(subject: str, recipients: list[str]) -> bytes:
@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     r, w = os.pipe()
     pid = child.start([], stdin=r, close=(w,), program="qmail-inject")
     os.close(r)
-    if child.feed(w, header(argv[0], argv[1:])):
+    if fdio.feed(w, header(argv[0], argv[1:])):
         try:
-            child.copy(0, w)
+            fdio.copy(0, w)
         except OSError:
             pass
     os.close(w)

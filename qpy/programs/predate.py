@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from qpy import child
+from qpy import child, fdio
 
 MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
           b"Nov", b"Dec")
@@ -41,9 +41,9 @@ def predate(argv: list[str], program: str | None = None) -> int:
         return 111
     pid = child.start(argv, stdin=r, close=(w,), program=program, exec_fail=cannot_run)
     os.close(r)
-    if child.feed(w, date_line()):
+    if fdio.feed(w, date_line()):
         try:
-            child.copy(0, w)
+            fdio.copy(0, w)
         except OSError:
             pass
     os.close(w)

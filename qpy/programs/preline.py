@@ -17,7 +17,8 @@ import os
 import signal
 import sys
 
-from qpy import child
+from qpy import child, fdio
+from qpy.errors import temporary_errno
 
 USAGE = "preline: usage: preline cmd [ arg ... ]\n"
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def cannot_run(err: OSError) -> int:
         os.write(2, f"preline: fatal: unable to run {args[0]}: {err.strerror}\n".encode())
-        return 111 if child.is_temp(err) else 100
+        return 111 if temporary_errno(err.errno) else 100
     try:
         r, w = os.pipe()
         pid = child.start(args, stdin=r, close=(w,), exec_fail=cannot_run)
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     os.close(r)
     prefix = b"".join(lines[n] for n in (b"UFLINE", b"RPLINE", b"DTLINE") if use[n])
     try:
-        if child.feed(w, prefix):
-            child.copy(0, w)
+        if fdio.feed(w, prefix):
+            fdio.copy(0, w)
     except OSError as e:
         sys.stderr.write(f"preline: fatal: unable to copy input: {e.strerror}\n")
         os.close(w)

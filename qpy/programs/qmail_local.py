@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 
-from qpy import addr, child, dotqmail, errstr, maildir, mbox, received
+from qpy import addr, dotqmail, errstr, fdio, maildir, mbox, received
 from qpy.errors import TempFail
 
 USAGE = (b"qmail-local: usage: qmail-local [ -nN ] user homedir local dash ext domain "
@@ -57,14 +57,6 @@ class Die(Exception):
 
 class Timeout(Exception):
     """The maildir alarm rang."""
-
-
-def say(fd: int, data: bytes) -> None:
-    """Write to fd 1 or 2; a broken report pipe is ignored."""
-    try:
-        child.feed(fd, data)
-    except OSError:
-        pass
 
 
 def rewind() -> None:
@@ -131,7 +123,7 @@ def check_home(doit: bool) -> None:
     if st.st_mode & 0o1000:
         if doit:
             raise Die(111, "Home directory is sticky: user is editing his .qmail file. (#4.2.1)")
-        say(2, b"Warning: home directory is sticky.\n")
+        fdio.write_quietly(2, b"Warning: home directory is sticky.\n")
 
 
 def check_loop(dtline: bytes) -> None:
@@ -232,7 +224,7 @@ class Local:
                 if self.doit:
                     self.program(arg)
                 else:
-                    say(1, b"program " + arg + b"\n")
+                    fdio.write_quietly(1, b"program " + arg + b"\n")
             elif kind == dotqmail.LIST:
                 forward_only = True
             elif kind == dotqmail.FORWARD:
@@ -240,7 +232,7 @@ class Local:
                 if self.doit:
                     self.recips.append(arg)
                 else:
-                    say(1, b"forward " + arg + b"\n")
+                    fdio.write_quietly(1, b"forward " + arg + b"\n")
             if self.stop:
                 break
         if self.recips and self.doit:
@@ -249,7 +241,7 @@ class Local:
     def deliver_file(self, kind: str, path: bytes) -> None:
         """A maildir or mbox line."""
         if not self.doit:
-            say(1, kind.encode() + b" " + path + b"\n")
+            fdio.write_quietly(1, kind.encode() + b" " + path + b"\n")
             return
         rewind()
         try:
@@ -283,12 +275,7 @@ class Local:
                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
         except OSError as e:
             raise Die(111, f"Unable to run /bin/sh: {errstr.text(e)}. (#4.3.0)")
-        while True:
-            try:
-                _, wstat = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
+        wstat = fdio.wait_status(pid)
         if os.WIFSIGNALED(wstat):
             raise Die(111, "Aack, child crashed. (#4.3.0)")
         code = os.WEXITSTATUS(wstat)
@@ -383,7 +370,7 @@ def deliver(argv: list[bytes]) -> int:
         job.run()
     except TempFail as e:
         raise Die(111, e.text)
-    say(1, job.counts())
+    fdio.write_quietly(1, job.counts())
     return 0
 
 
@@ -396,11 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         return deliver(args)
     except Die as e:
         if e.text:
-            say(2, e.text + b"\n")
+            fdio.write_quietly(2, e.text + b"\n")
         return e.code
     except MemoryError:
-        say(2, b"Out of memory. (#4.3.0)\n")
+        fdio.write_quietly(2, b"Out of memory. (#4.3.0)\n")
         return 111
     except Exception as e:   # anything unexpected is temporary: the message stays queued
-        say(2, f"Temporary failure in qmail-local: {type(e).__name__}. (#4.3.0)\n".encode())
+        fdio.write_quietly(2, f"Temporary failure in qmail-local: {type(e).__name__}. (#4.3.0)\n"
+                           .encode())
         return 111

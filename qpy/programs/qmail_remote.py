@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import stat
 
-from qpy import addr, auto, child, control, mx, smtpclient
+from qpy import addr, auto, control, fdio, mx, smtpclient
 from qpy.errors import ControlError, QmailError
 from qpy.smtpclient import Connection, Dropped, PartialLine
 from qpy.tcpto import Tcpto
@@ -155,13 +155,10 @@ class Message:
 
     def read(self) -> bytes:
         """The next chunk of fd 0 (b"" at its end); a read error is ``Unable to read message``."""
-        while True:
-            try:
-                return os.read(self.fd, CHUNK)
-            except InterruptedError:
-                continue
-            except OSError:
-                raise Done(READ)
+        try:
+            return os.read(self.fd, CHUNK)
+        except OSError:
+            raise Done(READ)
 
     def header_8bit(self) -> bool:
         """True if the header (up to the first empty line, at most HEADER_PEEK bytes) has a
@@ -400,14 +397,6 @@ def render(results: list[bytes | None], report: bytes) -> bytes:
     return bytes(out + report + b"\0")
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Write the report; a write failure just ends the program (qmail: _exit(0))."""
-    try:
-        child.feed(fd, data)
-    except OSError:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     """Deliver, print the report on fd 1, exit 0."""
     import signal
@@ -426,5 +415,5 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:   # never lose a message: anything unexpected is temporary
         text = f"{type(e).__name__}: {e}".encode("utf-8", "replace").replace(b"\0", b"?")
         report = b"ZInternal error in qmail-remote: " + text + b" (#4.3.0)\n"
-    write_all(1, render(results, report))
+    fdio.write_quietly(1, render(results, report))   # a failure just ends it (qmail: _exit(0))
     return 0
