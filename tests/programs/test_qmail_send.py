@@ -590,7 +590,7 @@ def test_lost_spawner_makes_it_exit(home, send_factory):
 
 
 def test_a_long_todo_does_not_hold_back_deliveries(home, send_factory):
-    from qpy.programs.qmail_send import TODO_BATCH
+    from qpy.send_todo import TODO_BATCH
     count = TODO_BATCH + 8
     for n in range(count):
         queue(MSG, b"joe@a.example", [b"ok.%d@test.example" % n])
@@ -654,7 +654,7 @@ def test_info_and_channel_files_reuse_spares_and_return_to_them(home, send_facto
 
 
 def test_preprocessing_waits_while_enough_messages_wait_for_their_first_delivery(home, send_factory):
-    from qpy.programs.qmail_send import PREP_AHEAD, TODO_BATCH
+    from qpy.send_todo import PREP_AHEAD, TODO_BATCH
     count = PREP_AHEAD + TODO_BATCH + 40
     for n in range(count):
         queue(MSG, b"joe@a.example", [b"hold.%d@test.example" % n])
@@ -672,7 +672,7 @@ def test_preprocessing_waits_while_enough_messages_wait_for_their_first_delivery
 
 
 def test_held_remote_deliveries_never_hold_back_local_mail(home, send_factory):
-    from qpy.programs.qmail_send import PREP_AHEAD, TODO_BATCH
+    from qpy.send_todo import PREP_AHEAD, TODO_BATCH
     for n in range(PREP_AHEAD + TODO_BATCH + 10):
         queue(MSG, b"joe@a.example", [b"hold.%d@remote.example" % n])
     s = send_factory()

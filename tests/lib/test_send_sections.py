@@ -1,0 +1,176 @@
+"""qmail-send's sections driven directly, in-process, on a real queue with a real
+qmail-clean on real pipes: preprocessing (send_todo), completion and bounces
+(send_done), the per-message record (send_info) and the report path (send_jobs)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from qpy import log, qmailq, queuedir
+from qpy.send_comm import Comm
+from qpy.send_core import Core, Flags, read_controls
+from qpy.send_done import Completion
+from qpy.send_info import Messages
+from qpy.send_jobs import Deliveries
+from qpy.send_queues import Queues
+from qpy.send_todo import Todo
+
+
+class Sections:
+    """Every section of one scheduler, with qmail-clean on a pipe and the log in a file."""
+
+    def __init__(self, home: Path, tmp: Path) -> None:
+        self.home = home
+        to_c, from_c = os.pipe(), os.pipe()
+        self.clean = subprocess.Popen([str(home / "bin" / "qmail-clean")], stdin=to_c[0],
+                                      stdout=from_c[1], env=dict(os.environ, QMAILHOME=str(home)))
+        os.close(to_c[0])
+        os.close(from_c[1])
+        self.logpath = tmp / "log"
+        self.logfd = os.open(self.logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.cwd = os.getcwd()
+        os.chdir(home / "queue")
+        core = Core(read_controls(), log.Log(self.logfd), Flags(), int(time.time()))
+        self.core = core
+        self.comm = Comm(core, [2, 2])
+        self.comm.cleaner.fd_out, self.comm.cleaner.fd_in = to_c[1], from_c[0]
+        self.queues = Queues(core)
+        self.messages = Messages()
+        self.done = Completion(core, self.comm, self.queues, self.messages)
+        self.jobs = Deliveries(core, self.comm, self.queues, self.messages, self.done)
+        self.todo = Todo(core, self.comm, self.queues, self.messages)
+
+    def log(self) -> list[str]:
+        return self.logpath.read_bytes().decode("latin-1").splitlines()
+
+    def close(self) -> None:
+        os.chdir(self.cwd)
+        os.close(self.comm.cleaner.fd_out)
+        self.clean.wait(timeout=30)
+        os.close(self.comm.cleaner.fd_in)
+        os.close(self.logfd)
+
+
+@pytest.fixture
+def sections(home, tmp_path):
+    s = Sections(home, tmp_path)
+    yield s
+    s.close()
+
+
+def queue(home: Path, sender: bytes, rcpts: list[bytes]) -> int:
+    """Queue with the real queue writer; the new id."""
+    q = str(home / "queue")
+    before = set(queuedir.scan_flat(q, "todo"))
+    assert qmailq.queue_message(b"Subject: t\n\nhello\n", sender, rcpts) == ""
+    (msgid,) = set(queuedir.scan_flat(q, "todo")) - before
+    return msgid
+
+
+def q(home: Path, rel: str) -> Path:
+    return home / "queue" / rel
+
+
+def test_preprocessing_writes_info_and_channel_files_then_leaves_todo(home, sections):
+    msgid = queue(home, b"a@x.example", [b"u@test.example", b"r@remote.example"])
+    sections.todo.do(readable=set())
+    assert q(home, queuedir.info(msgid)).read_bytes() == b"Fa@x.example\0"
+    assert q(home, queuedir.local(msgid)).read_bytes() == b"Tu@test.example\0"
+    assert q(home, queuedir.remote(msgid)).read_bytes() == b"Tr@remote.example\0"
+    assert not q(home, queuedir.todo(msgid)).exists()
+    assert not q(home, queuedir.intd(msgid)).exists()
+    assert [m for _, m in sections.queues.chan[0]] == [msgid]
+    assert [m for _, m in sections.queues.chan[1]] == [msgid]
+    record = sections.messages.get(msgid)
+    assert (record.sender, record.local_waiting, record.bounced) == (b"a@x.example", True, False)
+    assert record.birth == int(os.stat(q(home, queuedir.info(msgid))).st_mtime)
+    assert sections.messages.local_waiting == 1
+    log = sections.log()
+    assert f"new msg {msgid}" in log
+    assert any(line.startswith(f"info msg {msgid}: bytes ") and "from <a@x.example>" in line
+               for line in log)
+
+
+def test_preprocessing_unlinks_leftovers_of_an_earlier_attempt(home, sections):
+    msgid = queue(home, b"a@x.example", [b"r@remote.example"])
+    q(home, queuedir.info(msgid)).write_bytes(b"Fstale\0")
+    q(home, queuedir.local(msgid)).write_bytes(b"Tstale\0")
+    sections.todo.do(readable=set())
+    assert q(home, queuedir.info(msgid)).read_bytes() == b"Fa@x.example\0"
+    assert not q(home, queuedir.local(msgid)).exists()
+    assert q(home, queuedir.remote(msgid)).read_bytes() == b"Tr@remote.example\0"
+    assert not q(home, queuedir.todo(msgid)).exists()
+
+
+def test_a_message_without_recipients_goes_straight_to_completion(home, sections):
+    msgid = queue(home, b"a@x.example", [])
+    sections.todo.do(readable=set())
+    assert [m for _, m in sections.queues.done] == [msgid]
+    sections.done.do()
+    sections.comm.clean_collect(block=True)
+    assert f"end msg {msgid}" in sections.log()
+    assert not q(home, queuedir.info(msgid)).exists()
+    assert not q(home, queuedir.mess(msgid)).exists()
+
+
+def test_completion_of_a_failed_recipient_injects_one_bounce_and_cleans(home, sections):
+    msgid = queue(home, b"a@x.example", [b"r@remote.example"])
+    sections.todo.do(readable=set())
+    sections.done.addbounce(msgid, b"r@remote.example", b"Sorry, no such user. (#5.1.1)\n")
+    assert sections.messages.get(msgid).bounced
+    assert b"<r@remote.example>:\nSorry" in q(home, queuedir.bounce(msgid)).read_bytes()
+    # the remote job finished: its channel file goes, then the message is done
+    os.unlink(q(home, queuedir.remote(msgid)))
+    before = set(queuedir.scan_flat(str(home / "queue"), "todo"))
+    sections.done.messdone(msgid)
+    sections.comm.clean_collect(block=True)
+    (bounce_id,) = set(queuedir.scan_flat(str(home / "queue"), "todo")) - before
+    todo = q(home, queuedir.todo(bounce_id)).read_bytes()
+    assert b"F\0" in todo and b"Ta@x.example\0" in todo
+    bounce = q(home, queuedir.mess(bounce_id)).read_bytes()
+    assert b"<r@remote.example>:" in bounce and b"hello" in bounce
+    assert not q(home, queuedir.bounce(msgid)).exists()
+    assert not q(home, queuedir.info(msgid)).exists()
+    assert not q(home, queuedir.mess(msgid)).exists()
+    assert sections.messages.get(msgid) is None
+    log = sections.log()
+    assert any(line.startswith(f"bounce msg {msgid} qp ") for line in log)
+    assert log[-1] == f"end msg {msgid}"
+
+
+def test_completion_without_a_record_looks_at_the_files(home, sections):
+    msgid = queue(home, b"a@x.example", [b"u@test.example"])
+    sections.todo.do(readable=set())
+    sections.messages.forget(msgid)         # as after a restart
+    sections.done.messdone(msgid)           # local/<id> still there: nothing happens
+    assert q(home, queuedir.info(msgid)).exists()
+    assert f"end msg {msgid}" not in sections.log()
+    os.unlink(q(home, queuedir.local(msgid)))
+    sections.done.messdone(msgid)
+    sections.comm.clean_collect(block=True)
+    assert not q(home, queuedir.info(msgid)).exists()
+    assert not q(home, queuedir.mess(msgid)).exists()
+
+
+def test_reports_mark_records_done_and_the_last_one_finishes_the_message(home, sections):
+    msgid = queue(home, b"a@x.example", [b"r1@remote.example", b"r2@remote.example"])
+    sections.todo.do(readable=set())
+    cmd_r, cmd_w = os.pipe()
+    sp = sections.comm.spawners[1]
+    sp.fd_out = cmd_w
+    sections.jobs.do()                      # both recipients handed to the spawner
+    commands = os.read(cmd_r, 65536)
+    assert commands.count(b"r1@remote.example\0") == 1 and sp.used == 2
+    sections.jobs.report(sp, bytes([0]) + b"Kr1 accepted")
+    path = q(home, queuedir.remote(msgid))
+    assert path.read_bytes() == b"Dr1@remote.example\0Tr2@remote.example\0"
+    sections.jobs.report(sp, bytes([1]) + b"DNo such user (#5.1.1)")
+    assert not path.exists()                # finished channel file given back
+    assert [m for _, m in sections.queues.done] == [msgid]
+    assert sections.messages.get(msgid).bounced
+    os.close(cmd_r)
+    os.close(cmd_w)
