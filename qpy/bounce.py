@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from qpy import addr, qmailq, received
+from qpy import addr, fdio, qmailq, received
 
 DOUBLE_BOUNCE_SENDER = b"#@[]"
 VERP_TAIL = b"-@[]"
@@ -73,9 +73,7 @@ def append(path: str, data: bytes) -> None:
     """Append a block to bounce/<id> (created 0600); raises OSError."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        fdio.write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -11,6 +11,7 @@ from typing import Iterable
 
 import cdblib
 
+from qpy import fdio
 from qpy.errors import CdbError
 
 
@@ -108,15 +109,6 @@ def lookup(path: str, key: bytes) -> bytes | None:
         return table.get(key)
 
 
-def fsync_dir(path: str) -> None:
-    """fsync the directory holding ``path`` so a rename in it is durable."""
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def rebuild(path: str, records: Iterable[tuple[bytes, bytes]], tmp: str | None = None,
             mode: int = 0o644) -> None:
     """Write ``records`` as a new cdb at ``path`` atomically (tmp, fsync, rename)."""
@@ -136,4 +128,4 @@ def rebuild(path: str, records: Iterable[tuple[bytes, bytes]], tmp: str | None =
         except OSError:
             pass
         raise
-    fsync_dir(path)
+    fdio.fsync_dir(os.path.dirname(os.path.abspath(path)))     # the rename is durable

@@ -8,8 +8,7 @@ queue matters more than the log.
 """
 from __future__ import annotations
 
-import os
-
+from qpy import fdio
 from qpy.addr import safe_log as safe
 
 CHANNEL_NAMES = (b"local", b"remote")
@@ -51,14 +50,7 @@ class Log:
             self._write(data)
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.fd, view):]
-            except InterruptedError:
-                continue
-            except OSError:
-                return
+        fdio.write_quietly(self.fd, data)
 
     def warning(self, text: str | bytes) -> None:
         """``warning: <text>``."""

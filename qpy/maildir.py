@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 
+from qpy import fdio
 from qpy.errors import TempFail, temporary_errno
 
 TRIES = 3
@@ -50,12 +51,6 @@ def unique_name(now: int | None = None) -> bytes:
     return b"%d.%s.%s" % (int(time.time()) if now is None else now, pid, hostname())
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _copy(msg_fd: int, out_fd: int) -> None:
     """Copy msg_fd to EOF into out_fd; ReadError if reading fails."""
     while True:
@@ -65,7 +60,7 @@ def _copy(msg_fd: int, out_fd: int) -> None:
             raise ReadError() from e
         if not chunk:
             return
-        _write_all(out_fd, chunk)
+        fdio.write_all(out_fd, chunk)
 
 
 def _unlink(name: bytes, dfd: int) -> None:
@@ -75,18 +70,10 @@ def _unlink(name: bytes, dfd: int) -> None:
         pass
 
 
-def _fsync_dir(name: bytes, dfd: int) -> None:
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def deliver(maildir: bytes, head: bytes, msg_fd: int) -> bytes:
     """Deliver into the maildir at ``maildir`` (relative to the cwd); return the new/ name."""
     try:
-        dfd = os.open(maildir, os.O_RDONLY | os.O_DIRECTORY)
+        dfd = fdio.open_dir(maildir)
     except OSError as e:
         raise (MaildirError() if temporary_errno(e.errno) else NoMaildir()) from e
     try:
@@ -106,7 +93,7 @@ def deliver(maildir: bytes, head: bytes, msg_fd: int) -> bytes:
             try:
                 try:
                     os.lseek(msg_fd, start, os.SEEK_SET)
-                    _write_all(fd, head)
+                    fdio.write_all(fd, head)
                     _copy(msg_fd, fd)
                     os.fsync(fd)
                 finally:
@@ -129,7 +116,7 @@ def deliver(maildir: bytes, head: bytes, msg_fd: int) -> bytes:
                 raise
             _unlink(tmp, dfd)
             try:
-                _fsync_dir(b"new", dfd)
+                fdio.fsync_dir(b"new", dir_fd=dfd)
             except OSError as e:
                 raise MaildirError() from e
             return name

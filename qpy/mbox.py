@@ -15,7 +15,7 @@ import fcntl
 import os
 import signal
 
-from qpy import errstr
+from qpy import errstr, fdio
 from qpy.errors import TempFail
 
 LOCK_TIMEOUT = 30
@@ -59,12 +59,6 @@ def lock(fd: int, timeout: int = LOCK_TIMEOUT) -> bool:
         signal.signal(signal.SIGALRM, old)
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 class _ReadError(Exception):
     pass
 
@@ -87,12 +81,12 @@ def _body(msg_fd: int, fd: int, out: bytearray) -> None:
         out += quote(data[:nl + 1])
         carry = data[nl + 1:]
         if len(out) >= CHUNK:
-            _write_all(fd, out)
+            fdio.write_all(fd, out)
             out.clear()
     if carry:
         out += (b">" if is_from(carry) else b"") + carry + b"\n"
     out += b"\n"
-    _write_all(fd, out)
+    fdio.write_all(fd, out)
 
 
 def _truncate(fd: int, pos: int, locked: bool) -> None:

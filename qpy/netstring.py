@@ -75,14 +75,10 @@ class Stream:
     def _fill(self) -> None:
         if self.before_read is not None:
             self.before_read()
-        while True:
-            try:
-                data = os.read(self.fd, CHUNK)
-                break
-            except InterruptedError:
-                continue
-            except OSError:
-                raise Closed()
+        try:
+            data = os.read(self.fd, CHUNK)
+        except OSError:
+            raise Closed()
         if not data:
             raise Closed()
         self._buf, self._pos = data, 0

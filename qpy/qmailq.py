@@ -27,7 +27,7 @@ import os
 import signal
 import time
 
-from qpy import auto, envelope, queuewrite, trigger, warm
+from qpy import auto, envelope, fdio, queuewrite, trigger, warm
 from qpy.exitcodes import QQ, qq_text
 
 
@@ -58,41 +58,20 @@ class QueueJob:
         """Write message bytes; after a write error the rest is discarded."""
         if self.error or self._msg < 0:
             return
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._msg, view):]
-            except InterruptedError:
-                continue
-            except OSError:
-                self.error = True
-                return
+        if not fdio.write_quietly(self._msg, data):
+            self.error = True
 
     def close(self, sender: bytes, recipients: list[bytes]) -> str:
         """Finish the message, send the envelope, wait; return qmail_close()'s text."""
         os.close(self._msg)
         self._msg = -1
-        data = envelope.encode(sender, recipients)
-        view = memoryview(data)
-        while view and not self.error:
-            try:
-                view = view[os.write(self._env, view):]
-            except InterruptedError:
-                continue
-            except OSError:
-                self.error = True
+        if not self.error and not fdio.write_quietly(self._env, envelope.encode(sender, recipients)):
+            self.error = True
         os.close(self._env)
-        fd6 = b""
-        while len(fd6) < 255:
-            try:
-                chunk = os.read(self._err, 255 - len(fd6))
-            except InterruptedError:
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            fd6 += chunk
+        try:
+            fd6 = fdio.read_all(self._err, limit=255)
+        except OSError:
+            fd6 = b""
         os.close(self._err)
         status = _wait(self.pid)
         if status < 0:
@@ -109,10 +88,7 @@ class QueueJob:
         """Kill the queue program without queueing anything."""
         for fd in (self._msg, self._env, self._err):
             if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                fdio.close_quietly(fd)
         self._msg = self._env = self._err = -1
         try:
             os.kill(self.pid, signal.SIGTERM)
@@ -123,17 +99,10 @@ class QueueJob:
 
 def _wait(pid: int) -> int:
     """Return the exit code, or -signal if the child was killed."""
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return -1
-    if os.WIFSIGNALED(status):
-        return -os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+    try:
+        return os.waitstatus_to_exitcode(fdio.wait_status(pid))
+    except ChildProcessError:
+        return -1
 
 
 def _run_child(program: str | None) -> int:
@@ -166,8 +135,6 @@ def queue_fd(fd: int, sender: bytes, recipients: list[bytes], head: bytes = b"")
     while True:
         try:
             data = os.read(fd, 65536)
-        except InterruptedError:
-            continue
         except OSError:
             job.abort()
             raise
@@ -239,10 +206,7 @@ class DirectJob:
     def abort(self) -> None:
         """Remove what was written; nothing is queued."""
         if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            fdio.close_quietly(self._fd)
             self._fd = -1
         self._writer.remove_partial()
 

@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from qpy import auto, prot, received, spare, trigger
+from qpy import auto, fdio, prot, received, spare, trigger
 from qpy.auto import SPLIT
 from qpy.envelope import MAX_ADDR
 from qpy.errors import QueueFail
@@ -93,26 +93,18 @@ def privileged_instance(home: str = ".") -> bool:
 
 def _read(fd: int) -> bytes:
     """Read a chunk; a read error is exit 54."""
-    while True:
-        try:
-            return os.read(fd, CHUNK)
-        except InterruptedError:
-            continue
-        except OSError:
-            raise QueueFail(QQ.READ_ERROR)
+    try:
+        return os.read(fd, CHUNK)
+    except OSError:
+        raise QueueFail(QQ.READ_ERROR)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     """Write everything; a write error (ENOSPC, EIO, EDQUOT…) is exit 53."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except InterruptedError:
-            continue
-        except OSError:
-            raise QueueFail(QQ.WRITE_ERROR)
-        view = view[n:]
+    try:
+        fdio.write_all(fd, data)
+    except OSError:
+        raise QueueFail(QQ.WRITE_ERROR)
 
 
 def _fsync(fd: int) -> None:
@@ -124,17 +116,11 @@ def _fsync(fd: int) -> None:
 
 
 def _fsync_dir(path: str, code: int) -> None:
-    """Make a link in ``path`` durable; failure is ``code``."""
+    """Make a link in ``path`` durable; ``code`` if it cannot be opened, exit 53 if the fsync fails."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        raise QueueFail(code)
-    try:
-        os.fsync(fd)
-    except OSError:
-        raise QueueFail(QQ.WRITE_ERROR)
-    finally:
-        os.close(fd)
+        fdio.fsync_dir(path)
+    except OSError as e:
+        raise QueueFail(code if e.filename is not None else QQ.WRITE_ERROR)
 
 
 def _copy_envelope(in_fd: int, out: bytearray, read: Callable[[], bytes] | None = None) -> None:

@@ -107,8 +107,6 @@ class Connection:
                 if not poller.poll(self.timeout * 1000):
                     raise Dropped("write timeout")
                 view = view[os.write(self.wfd, view):]
-            except InterruptedError:
-                continue
             except OSError as e:
                 raise Dropped(str(e)) from e
 
@@ -129,16 +127,12 @@ class Connection:
                 raise Dropped(str(e)) from e
         else:
             poller = self._rpoll
-            while True:
-                try:
-                    if not poller.poll(self.timeout * 1000):
-                        raise Timeout()
-                    chunk = os.read(self.rfd, self.read_size)
-                    break
-                except InterruptedError:
-                    continue
-                except OSError as e:
-                    raise Dropped(str(e)) from e
+            try:
+                if not poller.poll(self.timeout * 1000):
+                    raise Timeout()
+                chunk = os.read(self.rfd, self.read_size)
+            except OSError as e:
+                raise Dropped(str(e)) from e
         if not chunk:
             raise Dropped("end of input")
         self._in += chunk

@@ -60,7 +60,6 @@ workers (the child must exec).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import gc
 import os
@@ -69,7 +68,7 @@ import signal
 import socket
 import stat
 
-from qpy import auto, warm
+from qpy import auto, fdio, warm
 from qpy.errors import TempFail
 
 MAX_OUTPUT = 65536
@@ -178,8 +177,6 @@ class Spawner:
         while view and self.writing:
             try:
                 view = view[os.write(self.fdout, view):]
-            except InterruptedError:
-                continue
             except BlockingIOError:
                 select.select([], [self.fdout], [])
             except OSError:
@@ -195,7 +192,7 @@ class Spawner:
         """Read what fd 0 has; run every complete command."""
         try:
             data = os.read(self.fdin, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        except BlockingIOError:
             return
         except OSError:
             self.reading = False
@@ -314,7 +311,7 @@ class Spawner:
         """The worker's socket is readable: its exit code, or EOF (it died)."""
         try:
             data = worker.sock.recv(1)
-        except (BlockingIOError, InterruptedError):
+        except BlockingIOError:
             return
         except OSError:
             data = b""
@@ -390,7 +387,7 @@ class Spawner:
         """Collect a child's output; note EOF."""
         try:
             data = os.read(d.fd, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        except BlockingIOError:
             return
         except OSError:
             data = b""
@@ -410,15 +407,7 @@ class Spawner:
 
     def reap(self) -> None:
         """Collect the exit status of every child that has ended."""
-        while True:
-            try:
-                pid, wstat = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
-            if pid == 0:
-                return
+        for pid, wstat in fdio.reap():
             for d in self.slots.values():
                 if d.pid == pid:
                     d.status = os.waitstatus_to_exitcode(wstat)
@@ -443,10 +432,8 @@ class Spawner:
             os.set_blocking(self.fdin, False)
         except OSError:
             self.reading = False
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        old_wakeup = signal.set_wakeup_fd(wake_w)
+        wake = fdio.SelfPipe()
+        wake.install()
         old_chld = signal.signal(signal.SIGCHLD, _noop)
         try:
             while True:
@@ -455,7 +442,7 @@ class Spawner:
                 if not self.reading and not self.slots:
                     return 0
                 poller = select.poll()
-                poller.register(wake_r, select.POLLIN)
+                poller.register(wake.r, select.POLLIN)
                 if self.reading:
                     poller.register(self.fdin, select.POLLIN)
                 byfd = {}
@@ -469,8 +456,8 @@ class Spawner:
                         poller.register(worker.sock.fileno(), select.POLLIN)
                         workers[worker.sock.fileno()] = worker
                 for fd, _ in poller.poll():
-                    if fd == wake_r:
-                        _drain(wake_r)
+                    if fd == wake.r:
+                        wake.drain()
                     elif fd == self.fdin:
                         self.read_commands()
                     elif fd in byfd:
@@ -482,22 +469,7 @@ class Spawner:
             for worker in list(self.workers):
                 self._drop_worker(worker)
             signal.signal(signal.SIGCHLD, old_chld)
-            signal.set_wakeup_fd(old_wakeup)
-            os.close(wake_r)
-            os.close(wake_w)
-
-
-def _drain(fd: int) -> None:
-    """Empty the wakeup pipe."""
-    while True:
-        try:
-            if not os.read(fd, 512):
-                return
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            if e.errno != errno.EINTR:
-                return
+            wake.close()
 
 
 def run(hooks: Hooks, fdin: int = 0, fdout: int = 1, limit: int = auto.SPAWN_LIMIT) -> int:
