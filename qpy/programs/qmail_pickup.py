@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 
-from qpy import auto, maildrop, prot, queuewrite, trigger, warm
+from qpy import auto, fdio, maildrop, prot, queuewrite, trigger, warm
 from qpy.errors import QueueFail
 from qpy.exitcodes import qq_text
 
@@ -146,7 +146,7 @@ class Pickup:
             raise Fatal("not the owner of queue")
         self.special = queuewrite.special_uids(self.priv)
         try:
-            self.drop = os.open(maildrop.DIR, os.O_RDONLY | os.O_DIRECTORY)
+            self.drop = fdio.open_dir(maildrop.DIR)
         except OSError as e:
             raise Fatal(f"unable to open {maildrop.DIR}: {e.strerror}")
         st = os.fstat(self.drop)
@@ -229,7 +229,7 @@ class Pickup:
                 os.kill(pid, signal.SIGKILL)
         finally:
             os.close(r)
-        _, status = os.waitpid(pid, 0)
+        status = fdio.wait_status(pid)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (PICKED, REMOVED, RETRY, GONE):
             return os.WEXITSTATUS(status)
         log(f"warning: {maildrop.DIR}/{name}: child crashed (status {status}); will try again later")
@@ -323,23 +323,18 @@ class Pickup:
 
     def run(self) -> int:
         """Scan at start, on pokes and every SCAN_INTERVAL until SIGTERM."""
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
+        wake = fdio.SelfPipe()
+        wake.install()
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         last = time.monotonic()
         self.scan()
         while not self.stopping:
-            fds = [wake_r] + ([self.trigger] if self.trigger is not None else [])
+            fds = [wake.r] + ([self.trigger] if self.trigger is not None else [])
             ready, _, _ = select.select(fds, [], [], max(0.0, last + SCAN_INTERVAL - time.monotonic()))
-            if wake_r in ready:
-                try:
-                    os.read(wake_r, 512)
-                except OSError:
-                    pass
+            if wake.r in ready:
+                wake.drain()
             if self.stopping:
                 break
             if self.trigger is not None and self.trigger in ready:

@@ -39,7 +39,7 @@ import socket
 import sys
 import time
 
-from qpy import auto, maildrop, prot, queuewrite, warm
+from qpy import auto, fdio, maildrop, prot, queuewrite, warm
 
 NAME = "qmail-queued"
 CONCURRENCY = 200
@@ -73,7 +73,7 @@ def become_owner() -> None:
 def lock_public() -> int:
     """flock public/ (ours, not writable by anyone else); return the held fd."""
     try:
-        fd = os.open(maildrop.PUBLIC, os.O_RDONLY | os.O_DIRECTORY)
+        fd = fdio.open_dir(maildrop.PUBLIC)
     except OSError as e:
         raise Fatal(f"unable to open {maildrop.PUBLIC}: {e.strerror}")
     st = os.fstat(fd)
@@ -132,9 +132,7 @@ class Service:
         except OSError as e:
             raise Fatal(f"unable to chdir to queue: {e.strerror}")
         os.umask(0o033)
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
+        self.wake = fdio.SelfPipe()
 
     def stop(self, signum: int, frame: object) -> None:
         """SIGTERM: take no new connections."""
@@ -142,7 +140,7 @@ class Service:
 
     def serve(self) -> int:
         """Accept until SIGTERM; return 0."""
-        signal.set_wakeup_fd(self.wake_w)
+        self.wake.install()
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
@@ -150,9 +148,9 @@ class Service:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         try:
             while not self.stopping:
-                ready, _, _ = select.select([self.sock, self.wake_r], [], [])
-                if self.wake_r in ready:
-                    self.drain()
+                ready, _, _ = select.select([self.sock, self.wake.r], [], [])
+                if self.wake.r in ready:
+                    self.wake.drain()
                 self.reap()
                 if self.sock in ready and not self.stopping:
                     self.accept()
@@ -164,24 +162,9 @@ class Service:
             self.sock.close()
         return 0
 
-    def drain(self) -> None:
-        """Empty the signal wakeup pipe."""
-        try:
-            while os.read(self.wake_r, 512):
-                pass
-        except OSError:
-            pass
-
     def reap(self) -> None:
         """Collect finished children."""
-        while self.children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.children.clear()
-                return
-            if pid == 0:
-                return
+        for pid, status in fdio.reap():
             uid = self.children.pop(pid, None)
             if os.WIFSIGNALED(status):
                 log(f"warning: child {pid} (uid {uid}) killed by signal {os.WTERMSIG(status)}")
@@ -229,7 +212,7 @@ class Service:
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             self.sock.close()   # the listener and the lock stay with the parent alone
-            for fd in (self.lock, self.wake_r, self.wake_w):
+            for fd in (self.lock, self.wake.r, self.wake.w):
                 os.close(fd)
             conn.settimeout(HELLO_TIMEOUT)
             _, fds, flags, _ = socket.recv_fds(conn, 16, 3)

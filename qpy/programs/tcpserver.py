@@ -36,7 +36,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from qpy import chain, errstr, prot, tcpenv, tcprules, warm
+from qpy import chain, errstr, fdio, prot, tcpenv, tcprules, warm
 from qpy.errors import CdbError, QmailError
 
 USAGE = ("tcpserver: usage: tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] "
@@ -398,9 +398,7 @@ class Server:
     def __init__(self, sock: socket.socket, opts: Options, argv: list[str], log: Log) -> None:
         self.sock, self.opts, self.argv, self.log = sock, opts, argv, log
         self.children = 0
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
+        self.wake = fdio.SelfPipe()
         sock.setblocking(False)
 
     def status(self) -> None:
@@ -408,38 +406,25 @@ class Server:
 
     def reap(self) -> None:
         """Collect every finished child."""
-        while True:
-            try:
-                pid, wstat = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, wstat in fdio.reap():
             self.log.write(f"tcpserver: end {pid} status {wstat}", 2)
             if self.children:
                 self.children -= 1
             self.status()
 
-    def drain(self) -> None:
-        try:
-            while os.read(self.wake_r, 512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
     def serve(self) -> None:
         """Accept and fork forever (SIGTERM ends the process)."""
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.wake.install()
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         self.status()
         while True:
             self.reap()
-            watch = [self.wake_r]
+            watch = [self.wake.r]
             if self.children < self.opts.limit:
                 watch.append(self.sock)
             ready, _, _ = select.select(watch, [], [])
-            if self.wake_r in ready:
-                self.drain()
+            if self.wake.r in ready:
+                self.wake.drain()
             if self.sock in ready and self.children < self.opts.limit:
                 self.accept()
 
@@ -460,7 +445,7 @@ class Server:
             csock.close()
             return
         if pid == 0:
-            child(csock, remote, [self.sock.detach(), self.wake_r, self.wake_w], self.opts,
+            child(csock, remote, [self.sock.detach(), self.wake.r, self.wake.w], self.opts,
                   self.argv, self.log)
         csock.close()
 
@@ -501,10 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     server = Server(sock, opts, prog, log)
     for fd in (0, 1):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        fdio.close_quietly(fd)
     # Everything imported so far lives as long as we do: keep it out of the cyclic GC, so a
     # full collection in a forked session never touches (and copies) the parent's pages.
     gc.freeze()
