@@ -65,7 +65,8 @@ def start(argv: list[str], stdin: int | None = None, close: tuple[int, ...] = ()
                 code = exec_fail(e) if exec_fail else (111 if temporary_errno(e.errno) else 100)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 111
-    except BaseException:
+    except BaseException as e:
+        warm.report_crash(e)
         code = 111
     warm.child_exit(code)
     return 0  # not reached

@@ -12,7 +12,7 @@ the library's failures into its own protocol (exit code, ``Z…\\0`` report, SMT
 reply, qmail-queue code).  Anything unexpected is a temporary failure.
 
 A FORKED CHILD that dies of an exception nobody expected writes one line naming
-it (``warm.crash_line``: type, message, file:line) to fd 2 before its exit code.
+it (``warm.report_crash``: type, message, file:line) to fd 2 before its exit code.
 """
 from __future__ import annotations
 

@@ -46,8 +46,8 @@ class QueueJob:
             try:
                 warm.place_fds({0: msg_r, 1: env_r, 6: err_w})
                 code = _run_child(program)
-            except BaseException:
-                pass
+            except BaseException as e:
+                warm.report_crash(e)
             warm.child_exit(code)
         os.close(msg_r)
         os.close(env_r)

@@ -28,7 +28,8 @@ HOOK API.  A spawner program subclasses ``Hooks`` and calls ``run(hooks)`` after
     offset 0), fds 1 and 2 = the report pipe, every other fd closed, signal
     dispositions at their defaults, cwd still queue/mess.  ``at`` is the index of
     the recipient's last ``@``.  Returns the child's exit code (or execs).  An
-    exception escaping it becomes exit ``Hooks.crash_code``.
+    exception escaping it becomes exit ``Hooks.crash_code``, after one line
+    naming it on fd 2 (``warm.crash_line``).
 ``Hooks.report(self, status: int, output: bytes) -> bytes``
     Runs in the parent.  ``status`` = the child's exit code, or -signal if it
     was killed; ``output`` = what it wrote on fds 1/2 (capped, see below).
@@ -352,8 +353,8 @@ class Spawner:
                     flags = fcntl.fcntl(0, fcntl.F_GETFL)
                     fcntl.fcntl(0, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
                     code = self.hooks.child(sender, recipient, int(at))
-                except BaseException:
-                    pass
+                except BaseException as e:
+                    warm.report_crash(e)
                 # Leave nothing of this delivery behind: fds (and their locks), cwd, umask,
                 # alarm, signal handlers.
                 signal.alarm(0)
@@ -363,8 +364,8 @@ class Spawner:
                 os.chdir(cwd)
                 os.umask(mask)
                 sock.sendall(bytes([code & 0xFF]), socket.MSG_NOSIGNAL)
-        except BaseException:
-            pass
+        except BaseException as e:
+            warm.report_crash(e)
         warm.child_exit(0)
 
     def _child(self, msgfd: int, outfd: int, sender: bytes, recipient: bytes, at: int) -> None:
@@ -377,8 +378,8 @@ class Spawner:
             flags = fcntl.fcntl(0, fcntl.F_GETFL)
             fcntl.fcntl(0, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
             code = self.hooks.child(sender, recipient, at)
-        except BaseException:
-            pass
+        except BaseException as e:
+            warm.report_crash(e)
         warm.child_exit(code)
 
     # -- children -------------------------------------------------------------

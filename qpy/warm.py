@@ -100,3 +100,36 @@ def run_or_exec(program: str, argv: list[str], external: str | None = None) -> i
 def child_exit(code: int) -> None:
     """Leave a forked child without running the parent's atexit handlers or flushing its buffers."""
     os._exit(code & 0xFF)
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+MAX_CRASH_TEXT = 400
+
+
+def crash_line(e: BaseException) -> bytes:
+    """``crashed: <type>: <message> (<file>:<line>)\\n`` for an exception nobody expected.
+
+    The file and line are where it was raised (the innermost frame), relative to the
+    tree that holds the qpy package; the message is folded onto one line.
+    """
+    kind = type(e).__qualname__
+    if type(e).__module__ not in ("builtins", "__main__"):
+        kind = f"{type(e).__module__}.{kind}"
+    text = " ".join(str(e).split())[:MAX_CRASH_TEXT]
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = "?"
+    if tb is not None:
+        path = tb.tb_frame.f_code.co_filename
+        where = f"{path[len(_ROOT):] if path.startswith(_ROOT) else path}:{tb.tb_lineno}"
+    line = f"crashed: {kind}{': ' if text else ''}{text} ({where})\n"
+    return line.encode("utf-8", "backslashreplace")
+
+
+def report_crash(e: BaseException) -> None:
+    """In a child that is about to exit: ``crash_line(e)`` on fd 2, which may be closed."""
+    try:
+        os.write(2, crash_line(e))
+    except OSError:
+        pass

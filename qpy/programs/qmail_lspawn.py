@@ -146,8 +146,8 @@ class LocalHooks(spawn.Hooks):
                 null = os.open(os.devnull, os.O_RDONLY)
                 warm.place_fds({0: null, 1: w}, keep=(2,))
                 code = warm.run_or_exec("qmail-getpw", [os.fsdecode(local)])
-            except BaseException:
-                pass
+            except BaseException as e:
+                warm.report_crash(e)
             warm.child_exit(code)
         os.close(w)
         try:

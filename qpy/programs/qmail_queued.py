@@ -225,8 +225,10 @@ class Service:
             code = queuewrite.queue(0, 1, uid, who, pid if pid > 0 else None)
             signal.alarm(0)
             os.write(3, bytes([code]))
-        except BaseException:
-            pass
+        except OSError:
+            pass        # the client went away, or never sent its fds: no answer
+        except BaseException as e:
+            warm.report_crash(e)
         warm.child_exit(0)
 
 

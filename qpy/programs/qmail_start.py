@@ -69,8 +69,8 @@ def _child(ids: Ids, account: str | None, fds: dict[int, int], program: str,
         warm.place_fds({**fds, 2: devnull}, keep=())
         ids.become(account)
         code = warm.run_or_exec(program, argv)
-    except BaseException:
-        pass
+    except BaseException as e:
+        warm.report_crash(e)
     warm.child_exit(code)
 
 

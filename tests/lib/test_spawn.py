@@ -76,6 +76,10 @@ sys.exit(spawn.run(Hooks()))
 '''
 
 
+RAISE_LINE = HOOKS.splitlines().index('            raise RuntimeError("boom")') + 1
+CRASHED = b"crashed: RuntimeError: boom (<string>:%d)\n" % RAISE_LINE   # python -c's file name
+
+
 def queued(home: Path, body: bytes = b"Subject: x\n\nhello\n") -> bytes:
     """Queue a message with the real qmail-queue; return its path relative to queue/mess."""
     before = set(queuedir.scan_flat(str(home / "queue"), "todo"))
@@ -217,8 +221,15 @@ def test_truncated_output_crash_exception_and_nul(home):
     got = dict(reports)
     assert got[0] == b"K0:" + b"x" * 2966 + b"\nError report too long, sorry.\n"
     assert got[1] == b"K-9:"
-    assert got[2] == b"K77:"
+    assert got[2] == b"K77:" + CRASHED
     assert got[3] == b"K0:a"      # the driver cuts a report at a NUL
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_child_that_raises_writes_one_line_naming_it_and_exits_crash_code(home, workers):
+    m = queued(home)
+    _, _, reports = run_all(home, cmd(0, m, b"", b"raise@x"), {"WORKERS": workers})
+    assert reports == [(0, b"K77:" + CRASHED)]     # type, message and file:line on fd 2
 
 
 def test_untruncated_output_kept(home):
