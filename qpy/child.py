@@ -80,6 +80,24 @@ def wait(pid: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def run_fed(argv: list[str], head: bytes, program: str | None = None, exec_fail=None) -> int:
+    """Run a child as ``start`` does, on a pipe carrying ``head`` and then our fd 0; its exit code.
+
+    A read error on fd 0 and a child that stops reading both just end its input.
+    Raises Crashed if a signal killed the child.
+    """
+    r, w = os.pipe()
+    pid = start(argv, stdin=r, close=(w,), program=program, exec_fail=exec_fail)
+    os.close(r)
+    if fdio.feed(w, head):
+        try:
+            fdio.copy(0, w)
+        except OSError:
+            pass
+    os.close(w)
+    return wait(pid)
+
+
 def rewind(fd: int = 0) -> None:
     """Seek fd back to its start (the message given to a .qmail program is a file)."""
     os.lseek(fd, 0, os.SEEK_SET)

@@ -1,4 +1,4 @@
-"""Received:/Delivered-To: lines and qmail's date822fmt date format."""
+"""Received:/Delivered-To: lines, qmail's date822fmt date format and predate's local one."""
 from __future__ import annotations
 
 import os
@@ -14,6 +14,17 @@ def date822(when: float | None = None) -> bytes:
     t = time.gmtime(time.time() if when is None else when)
     return b"%d %s %d %02d:%02d:%02d -0000" % (
         t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def date_local(when: float | None = None) -> bytes:
+    """``D Mon YYYY hh:mm:ss +hhmm`` in local time, the offset from UTC rounded to minutes."""
+    t = time.localtime(time.time() if when is None else when)
+    offset = t.tm_gmtoff or 0
+    sign = b"-" if offset < 0 else b"+"
+    minutes = (abs(offset) + 30) // 60
+    return b"%d %s %d %02d:%02d:%02d %s%02d%02d" % (
+        t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec,
+        sign, minutes // 60, minutes % 60)
 
 
 def queue_line(pid: int, who: bytes, when: float | None = None) -> bytes:

@@ -65,6 +65,13 @@ def test_library_never_imports_programs():
         assert not any(i.startswith("qpy.programs") for i in _imports(path)), path
 
 
+def test_programs_never_import_other_programs():
+    programs = {p.stem for p in (ROOT / "qpy" / "programs").glob("*.py")} - NOT_PROGRAMS
+    for path in (ROOT / "qpy" / "programs").glob("*.py"):
+        others = {f"qpy.programs.{name}" for name in programs - {path.stem}}
+        assert not _imports(path) & others, path
+
+
 def test_only_prot_changes_uid():
     for path in (ROOT / "qpy").rglob("*.py"):
         if path.name == "prot.py":
