@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from qpy import fdio
+
 TEMPORARY = 111
 
 
@@ -35,18 +37,10 @@ def check(argv: list[str], user: bytes, password: bytes, timestamp: bytes = b"")
         os.close(w)
         return TEMPORARY
     os.close(r)
-    try:
-        os.write(w, user + b"\0" + password + b"\0" + timestamp + b"\0")
-    except OSError:
-        pass        # it exited without reading: its exit code says why
-    finally:
-        os.close(w)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    # A program that exits without reading makes this fail: its exit code says why.
+    fdio.write_quietly(w, user + b"\0" + password + b"\0" + timestamp + b"\0")
+    os.close(w)
+    status = fdio.wait_status(pid)
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     return TEMPORARY

@@ -22,6 +22,7 @@ import time
 
 import click
 
+from qpy import fdio
 from qpy.programs import options
 
 OSSIFIED = 129600  # 36 h
@@ -104,12 +105,11 @@ def scan(now: float) -> list[tuple[float, str]]:
 
 
 def write_all(fd: int, data: bytes, name: str) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except OSError as e:
-            raise options.Fatal(f"unable to write to {name}: {e.strerror}")
+    """Write everything to ``fd``; a failure is fatal, naming the file."""
+    try:
+        fdio.write_all(fd, data)
+    except OSError as e:
+        raise options.Fatal(f"unable to write to {name}: {e.strerror}")
 
 
 def convert(maildir: str, mbox: str, mboxtmp: str) -> None:

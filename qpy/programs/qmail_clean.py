@@ -87,15 +87,12 @@ def handle(request: bytes) -> bytes:
 
 def _reply(fd: int, byte: bytes) -> None:
     """Write one reply byte."""
-    while True:
-        try:
-            if os.write(fd, byte) == 1:
-                return
-        except InterruptedError:
-            continue
-        except OSError:
-            pass
-        raise ReplyFailed
+    try:
+        if os.write(fd, byte) == 1:
+            return
+    except OSError:
+        pass
+    raise ReplyFailed
 
 
 def serve(fd_in: int, fd_out: int) -> int:
@@ -111,8 +108,6 @@ def serve(fd_in: int, fd_out: int) -> int:
         while b"\0" not in buf:
             try:
                 chunk = os.read(fd_in, 4096)
-            except InterruptedError:
-                continue
             except OSError:
                 chunk = b""
             if not chunk:

@@ -19,15 +19,8 @@ from __future__ import annotations
 import os
 import sys
 
-from qpy import getpw
+from qpy import fdio, getpw
 from qpy.errors import TempFail
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write everything to ``fd``."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except TempFail as e:
         return e.exit_code
     try:
-        write_all(1, entry.encode())
+        fdio.write_all(1, entry.encode())
     except OSError:
         return 111
     return 0

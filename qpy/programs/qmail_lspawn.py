@@ -33,7 +33,7 @@ import importlib
 import os
 import sys
 
-from qpy import auto, getpw, prot, spawn, users, warm
+from qpy import auto, fdio, getpw, prot, spawn, users, warm
 from qpy.errors import Exit, QmailError, temporary_errno
 from qpy.exitcodes import LOCAL_FIXED, QLX, local_letter
 
@@ -51,18 +51,6 @@ def report(status: int, output: bytes) -> bytes:
     if status in LOCAL_FIXED:
         return LOCAL_FIXED[status].encode()
     return local_letter(status).encode() + output.split(b"\0", 1)[0]
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except InterruptedError:
-            continue
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 class LocalHooks(spawn.Hooks):
@@ -151,12 +139,12 @@ class LocalHooks(spawn.Hooks):
             warm.child_exit(code)
         os.close(w)
         try:
-            data = _read_all(r)
+            data = fdio.read_all(r)
         except OSError:
             raise Exit(QLX.SYS)
         finally:
             os.close(r)
-        _, wstat = os.waitpid(pid, 0)
+        wstat = fdio.wait_status(pid)
         if os.WIFSIGNALED(wstat):
             raise Exit(QLX.SYS)
         if os.WEXITSTATUS(wstat) != 0:

@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 
-from qpy import auto, control
+from qpy import auto, control, fdio
 from qpy.errors import Exit, QmailError
 from qpy.exitcodes import QQ
 
@@ -55,20 +55,11 @@ def parse_server(line: bytes) -> tuple[int, str, int] | None:
 
 
 def read_all(fd: int) -> bytes:
-    """fd 0 to EOF; a read error is exit 54."""
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except InterruptedError:
-            continue
-        except MemoryError:
-            raise Exit(QQ.NOMEM)
-        except OSError:
-            raise Exit(QQ.READ_ERROR)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+    """fd 0 to EOF; a read error is exit 54 (MemoryError is main's: exit 51)."""
+    try:
+        return fdio.read_all(fd)
+    except OSError:
+        raise Exit(QQ.READ_ERROR)
 
 
 def read_envelope(fd: int) -> list[bytes]:
@@ -80,8 +71,6 @@ def read_envelope(fd: int) -> list[bytes]:
         if nul == -1:
             try:
                 chunk = os.read(fd, 65536)
-            except InterruptedError:
-                continue
             except OSError:
                 raise Exit(QQ.READ_ERROR)
             if not chunk:

@@ -18,11 +18,10 @@ EXIT      0 after the reply, or when the client hangs up; 100 protocol error (si
 """
 from __future__ import annotations
 
-import os
 import signal
 import time
 
-from qpy import netstring, qmailq, received
+from qpy import fdio, netstring, qmailq, received
 
 ALARM = 3600
 OUTER_DIGITS = 100
@@ -97,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.alarm(ALARM)
     try:
         reply = receive(netstring.Stream(0, budget=OUTER_DIGITS))
-        data = netstring.encode(reply.encode("latin-1", "replace"))
-        view = memoryview(data)
-        while view:
-            view = view[os.write(1, view):]
+        fdio.write_all(1, netstring.encode(reply.encode("latin-1", "replace")))
         return 0
     except netstring.Closed:
         return 0

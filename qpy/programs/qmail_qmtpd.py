@@ -26,7 +26,7 @@ import os
 import signal
 import time
 
-from qpy import auto, control, netstring, qmailq, received, rcpthosts
+from qpy import auto, control, fdio, netstring, qmailq, received, rcpthosts
 from qpy.errors import QmailError
 from qpy.exitcodes import qq_text
 
@@ -75,14 +75,8 @@ class Session:
 
     def flush(self) -> None:
         """Send the replies waiting (before every read, as qmail-qmtpd does)."""
-        view = memoryview(self.pending)
-        try:
-            while view:
-                view = view[os.write(self.fd_out, view):]
-        except OSError:
+        if not fdio.write_quietly(self.fd_out, self.pending):
             raise netstring.Closed()
-        finally:
-            view.release()
         self.pending.clear()
 
     def body(self, job: qmailq.QueueJob, size: int) -> bool:

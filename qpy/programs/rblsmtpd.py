@@ -32,7 +32,7 @@ import sys
 import dns.exception
 import dns.resolver
 
-from qpy import chain, errstr, resolver
+from qpy import chain, errstr, fdio, resolver
 from qpy.errors import QmailError
 
 USAGE = ("rblsmtpd: usage: rblsmtpd [ -b ] [ -B ] [ -c ] [ -C ] [ -t timeout ] -r base "
@@ -192,15 +192,9 @@ def _alarm(signum: int, frame: object) -> None:
     raise _Timeout()
 
 
-def _write(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def commands(fd_in: int, fd_out: int, message: bytes) -> None:
     """The blocked dialogue, until QUIT or EOF (commands.c: LF-ended, a CR before it dropped)."""
-    _write(fd_out, b"220 " + HOST + b"\r\n")
+    fdio.write_all(fd_out, b"220 " + HOST + b"\r\n")
     buf = b""
     while True:
         nl = buf.find(b"\n")
@@ -215,23 +209,20 @@ def commands(fd_in: int, fd_out: int, message: bytes) -> None:
             line = line[:-1]
         verb = line.split(b"\0", 1)[0].split(b" ", 1)[0].lower()
         if verb == b"quit":
-            _write(fd_out, b"221 " + HOST + b"\r\n")
+            fdio.write_all(fd_out, b"221 " + HOST + b"\r\n")
             return
         reply = REPLIES.get(verb)
-        _write(fd_out, reply + b" " + HOST + b"\r\n" if reply else message + b"\r\n")
+        fdio.write_all(fd_out, reply + b" " + HOST + b"\r\n" if reply else message + b"\r\n")
 
 
 def blocked(state: Decision, timeout: int) -> int:
     """Log the block and talk to the client; exit code 0."""
     message = state.message()
     line = b"rblsmtpd: %s pid %d: %s\n" % (os.fsencode(state.ip), os.getpid(), message)
-    try:
-        os.write(2, line)
-    except OSError:
-        pass
+    fdio.write_quietly(2, line)
     try:
         if not timeout:
-            _write(1, message + b"\r\n")
+            fdio.write_all(1, message + b"\r\n")
             return 0
         signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(timeout)

@@ -94,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         try:
             data = os.read(0, 65536)
-        except InterruptedError:
-            continue
         except OSError:
             data = b""
         records = splitter.feed(data) if data else splitter.end()
