@@ -19,6 +19,17 @@ def domain_of(address: bytes) -> bytes:
     return b"" if i == -1 else address[i + 1:]
 
 
+def domain_keys(domain: bytes) -> list[bytes]:
+    """qmail's lookup keys for a domain (rcpthosts, virtualdomains, smtproutes): the
+    domain, then each suffix of it that starts at a ``.``, longest first."""
+    keys = [domain]
+    i = domain.find(b".")
+    while i != -1:
+        keys.append(domain[i:])
+        i = domain.find(b".", i + 1)
+    return keys
+
+
 def needs_quote(local: bytes) -> bool:
     """True if an RFC 821 local part must be quoted (protocols.md §4)."""
     if not local or local.startswith(b".") or local.endswith(b".") or b".." in local:

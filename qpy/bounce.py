@@ -46,10 +46,8 @@ def strip_vdom_prepend(recip: bytes, virtualdomains: dict[bytes, bytes]) -> byte
     at = recip.rfind(b"@")
     if at == -1:
         return recip
-    domain = recip[at + 1:].lower()
-    starts = [0] + [i for i in range(len(domain)) if domain[i:i + 1] == b"."] + [len(domain)]
-    for i in starts:
-        prepend = virtualdomains.get(domain[i:])
+    for key in [*addr.domain_keys(recip[at + 1:].lower()), b""]:
+        prepend = virtualdomains.get(key)
         if prepend is None:
             continue
         if prepend and recip.startswith(prepend + b"-"):

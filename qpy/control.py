@@ -2,28 +2,18 @@
 
 A missing file means the default; any other error is a ControlError (a
 temporary failure).  Trailing spaces, tabs and newlines are stripped from every
-line.  Values are bytes: control files hold host names and addresses.
+line.  Values are bytes: control files hold host names and addresses.  Every
+default, and whether a file defaults to control/me, comes from qpy.controlfiles;
+a name it does not declare is a programming error (KeyError).
 """
 from __future__ import annotations
 
 import os
 
-from qpy import auto
+from qpy import auto, controlfiles
 from qpy.errors import ControlError
 
 _STRIP = b" \t\r\n"
-
-# Built-in defaults of the int files; control/ in the source tree restates them.
-DEFAULTS: dict[str, int] = {
-    "concurrencylocal": 10,
-    "concurrencyremote": 20,
-    "queuelifetime": 604800,
-    "databytes": 0,
-    "timeoutsmtpd": 1200,
-    "timeoutremote": 1200,
-    "timeoutconnect": 60,
-}
-
 
 def control_path(name: str) -> str:
     """Return the path of control file ``name``."""
@@ -49,23 +39,41 @@ def _lines(data: bytes) -> list[bytes]:
     return [line.rstrip(_STRIP) for line in lines]
 
 
-def read_line(name: str, default: bytes | None = None) -> bytes | None:
-    """Return the first line of a line file, or ``default`` if missing."""
+def _line_default(name: str) -> bytes | None:
+    """The declared literal of a line file (None: no value)."""
+    value = controlfiles.entry(name).default
+    return value if isinstance(value, bytes) else None
+
+
+def first_line(name: str) -> bytes | None:
+    """Return the first line, or None if the file is missing (no default applied)."""
     data = read_bytes(name)
     if data is None:
-        return default
+        return None
     lines = _lines(data)
     return lines[0] if lines else b""
 
 
-def read_int(name: str, default: int | None = None) -> int:
-    """Return the first line parsed as unsigned decimal; default if missing or not numeric.
+def read_line(name: str, default: bytes | None = None) -> bytes | None:
+    """Return the first line of a line file, or its declared default if missing.
 
-    Without ``default`` the built-in default from DEFAULTS applies.
+    ``default`` overrides the declared one; only qmail-send still passes it.
     """
+    line = first_line(name)
+    if line is not None:
+        return line
+    return default if default is not None else _line_default(name)
+
+
+def read_int(name: str, default: int | None = None) -> int:
+    """Return the first line parsed as unsigned decimal; the declared default if missing
+    or not numeric (``default`` overrides it; only qmail-send still passes it)."""
     if default is None:
-        default = DEFAULTS[name]
-    line = read_line(name)
+        declared = controlfiles.entry(name).default
+        if not isinstance(declared, int):
+            raise TypeError(f"control/{name} has no int default")
+        default = declared
+    line = first_line(name)
     if line is None:
         return default
     digits = b""
@@ -78,7 +86,14 @@ def read_int(name: str, default: int | None = None) -> int:
 
 
 def read_list(name: str, default: list[bytes] | None = None) -> list[bytes] | None:
-    """Return the non-empty, non-comment lines, or ``default`` if missing."""
+    """Return the non-empty, non-comment lines, or the declared default if missing.
+
+    A "default me" list (locals) defaults to [me], or None without me; me is read
+    first, as qmail's control_init does.  ``default`` overrides (only qmail-send).
+    """
+    if default is None and controlfiles.entry(name).me:
+        host = me()
+        default = [host] if host else None
     data = read_bytes(name)
     if data is None:
         return default
@@ -91,12 +106,23 @@ def me() -> bytes | None:
 
 
 def read_line_me(name: str, literal: bytes | None = None) -> bytes | None:
-    """A "default me" line file: file, else control/me, else ``literal``."""
-    value = read_line(name)
+    """A "default me" line file: file, else control/me, else its declared literal.
+
+    ``literal`` overrides the declared one; only qmail-send still passes it.
+    """
+    value = first_line(name)
     if value is not None:
         return value
     value = me()
-    return value if value is not None else literal
+    if value is not None:
+        return value
+    return literal if literal is not None else _line_default(name)
+
+
+def read_host(name: str) -> bytes:
+    """A "default me" host name that is never empty: read_line_me, and an empty value
+    (from the file or from me) also means the declared literal (qmail-send's hosts)."""
+    return read_line_me(name) or _line_default(name) or b""
 
 
 def exists(name: str) -> bool:

@@ -7,7 +7,7 @@ rcpthosts or be a key of morercpthosts.cdb (keys lowercased by qmail-newmrh).
 """
 from __future__ import annotations
 
-from qpy import cdb, control
+from qpy import addr, cdb, control
 
 
 class RcptHosts:
@@ -30,10 +30,8 @@ class RcptHosts:
         domain = address[at + 1:].lower()
         if self.domains.matches_suffix(domain):
             return True
-        if self.more is not None:
-            for i in range(len(domain)):
-                if (i == 0 or domain[i] == 0x2E) and self.more.get(domain[i:]) is not None:
-                    return True
+        if self.more is not None and domain:
+            return any(self.more.get(key) is not None for key in addr.domain_keys(domain))
         return False
 
     def close(self) -> None:

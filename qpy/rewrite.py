@@ -25,15 +25,14 @@ class Rewriter:
     @classmethod
     def from_control(cls) -> "Rewriter":
         """Read the controls; ControlError if one is unreadable or locals has no default."""
-        me = control.me()
-        locals_ = control.read_list("locals", [me] if me else None)
+        locals_ = control.read_list("locals")
         if locals_ is None:
             raise control.ControlError("Unable to read control/locals: no me either. (#4.3.0)")
         return cls(
             locals={d.lower() for d in locals_},
-            percenthack={d.lower() for d in control.read_list("percenthack", []) or []},
+            percenthack={d.lower() for d in control.read_list("percenthack") or []},
             virtualdomains=control.read_map("virtualdomains") or {},
-            envnoathost=control.read_line_me("envnoathost", b"envnoathost") or b"envnoathost",
+            envnoathost=control.read_host("envnoathost"),
         )
 
     def virtual_prefix(self, address: bytes) -> bytes | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from qpy import cdb
+from qpy import addr, cdb
 from qpy.errors import PermFail
 
 _TRIM = b"\n \t"
@@ -164,9 +164,8 @@ def keys(ip: bytes, host: bytes | None, info: bytes | None) -> Iterator[bytes]:
         if ip[n - 1] in seps:
             yield ip[:n]
     if host is not None:
-        for i, ch in enumerate(host):
-            if ch == 0x2E:
-                yield b"=" + host[i:]
+        for suffix in addr.domain_keys(host)[1:]:
+            yield b"=" + suffix
         yield b"="
     yield b""
 

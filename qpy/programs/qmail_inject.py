@@ -118,10 +118,10 @@ class Settings:
         except OSError:
             raise Fatal(111, "internal bug")
         try:
-            dd = _env("QMAILDEFAULTDOMAIN") or control.read_line_me("defaultdomain", b"defaultdomain")
-            dh = _env("QMAILDEFAULTHOST") or control.read_line_me("defaulthost", b"defaulthost")
-            pd = _env("QMAILPLUSDOMAIN") or control.read_line_me("plusdomain", b"plusdomain")
-            self.idhost = _env("QMAILIDHOST") or control.read_line_me("idhost", b"idhost")
+            dd = _env("QMAILDEFAULTDOMAIN") or control.read_line_me("defaultdomain")
+            dh = _env("QMAILDEFAULTHOST") or control.read_line_me("defaulthost")
+            pd = _env("QMAILPLUSDOMAIN") or control.read_line_me("plusdomain")
+            self.idhost = _env("QMAILIDHOST") or control.read_line_me("idhost")
         except ControlError:
             raise Fatal(111, "read error")
         for prefix, value in ((b".", dd), (b"@", dh), (b".", pd)):

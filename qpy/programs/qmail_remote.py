@@ -83,9 +83,7 @@ class Config:
 
 def route(host: bytes, routes: dict[bytes, bytes]) -> tuple[bytes | None, int]:
     """The smtproutes entry for host: (relay or None for MX, port)."""
-    h = host.lower()
-    keys = [h] + [h[i:] for i in range(len(h)) if h[i:i + 1] == b"."] + [b""]
-    for key in keys:
+    for key in [*addr.domain_keys(host.lower()), b""]:
         if key in routes:
             return parse_relay(routes[key])
     return None, PORT
