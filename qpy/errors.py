@@ -25,13 +25,19 @@ class Exit(Exception):
     """Leave a program with exit code ``code`` and, if ``text``, that line on stderr.
 
     Raised inside a program (never by the library below it) and turned into the
-    exit code by its main().
+    exit code by its main(), which also decides how the text is shown (its
+    prefix, its stream, a log line or a protocol reply).  ``text`` is str or bytes.
     """
 
-    def __init__(self, code: int, text: str = "") -> None:
+    def __init__(self, code: int, text: str | bytes = "") -> None:
         super().__init__(text or code)
         self.code = code
         self.text = text
+
+    @property
+    def data(self) -> bytes:
+        """The text as bytes (UTF-8 if it was given as str)."""
+        return self.text.encode() if isinstance(self.text, str) else self.text
 
 
 class QmailError(Exception):

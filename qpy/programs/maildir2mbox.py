@@ -23,6 +23,7 @@ import time
 import click
 
 from qpy import fdio
+from qpy.errors import Exit
 from qpy.programs import options
 
 OSSIFIED = 129600  # 36 h
@@ -89,7 +90,7 @@ def scan(now: float) -> list[tuple[float, str]]:
         try:
             names = os.listdir(sub)
         except OSError as e:
-            raise options.Fatal(f"unable to scan $MAILDIR/{sub}: {e.strerror}")
+            raise Exit(111, f"unable to scan $MAILDIR/{sub}: {e.strerror}")
         for name in names:
             if name.startswith("."):
                 continue
@@ -109,15 +110,15 @@ def write_all(fd: int, data: bytes, name: str) -> None:
     try:
         fdio.write_all(fd, data)
     except OSError as e:
-        raise options.Fatal(f"unable to write to {name}: {e.strerror}")
+        raise Exit(111, f"unable to write to {name}: {e.strerror}")
 
 
 def convert(maildir: str, mbox: str, mboxtmp: str) -> None:
-    """Append the maildir's messages to the mbox; raise options.Fatal."""
+    """Append the maildir's messages to the mbox; raise Exit."""
     try:
         os.chdir(maildir)
     except OSError as e:
-        raise options.Fatal(f"unable to chdir to {maildir}: {e.strerror}")
+        raise Exit(111, f"unable to chdir to {maildir}: {e.strerror}")
     now = time.time()
     clean_tmp(now)
     messages = scan(now)
@@ -127,22 +128,22 @@ def convert(maildir: str, mbox: str, mboxtmp: str) -> None:
         lock = os.open(mbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
     except OSError as e:
-        raise options.Fatal(f"unable to lock {mbox}: {e.strerror}")
+        raise Exit(111, f"unable to lock {mbox}: {e.strerror}")
     try:
         try:
             old = os.open(mbox, os.O_RDONLY)
         except OSError as e:
-            raise options.Fatal(f"unable to read {mbox}: {e.strerror}")
+            raise Exit(111, f"unable to read {mbox}: {e.strerror}")
         try:
             new = os.open(mboxtmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as e:
-            raise options.Fatal(f"unable to create {mboxtmp}: {e.strerror}")
+            raise Exit(111, f"unable to create {mboxtmp}: {e.strerror}")
         try:
             while True:
                 try:
                     chunk = os.read(old, 65536)
                 except OSError as e:
-                    raise options.Fatal(f"unable to read {mbox}: {e.strerror}")
+                    raise Exit(111, f"unable to read {mbox}: {e.strerror}")
                 if not chunk:
                     break
                 write_all(new, chunk, mboxtmp)
@@ -151,22 +152,22 @@ def convert(maildir: str, mbox: str, mboxtmp: str) -> None:
                     with open(path, "rb") as f:
                         data = f.read()
                 except OSError as e:
-                    raise options.Fatal(f"unable to read $MAILDIR/{path}: {e.strerror}")
+                    raise Exit(111, f"unable to read $MAILDIR/{path}: {e.strerror}")
                 write_all(new, mbox_entry(data, mtime), mboxtmp)
             try:
                 os.fsync(new)
             except OSError as e:
-                raise options.Fatal(f"unable to write to {mboxtmp}: {e.strerror}")
+                raise Exit(111, f"unable to write to {mboxtmp}: {e.strerror}")
         finally:
             os.close(old)
             try:
                 os.close(new)
             except OSError as e:
-                raise options.Fatal(f"unable to write to {mboxtmp}: {e.strerror}")
+                raise Exit(111, f"unable to write to {mboxtmp}: {e.strerror}")
         try:
             os.rename(mboxtmp, mbox)
         except OSError as e:
-            raise options.Fatal(f"unable to move {mboxtmp} to {mbox}: {e.strerror}")
+            raise Exit(111, f"unable to move {mboxtmp} to {mbox}: {e.strerror}")
     finally:
         os.close(lock)
     for _, path in messages:
@@ -183,13 +184,13 @@ def cli() -> None:
     os.umask(0o077)
     mbox = os.environ.get("MAIL")
     if mbox is None:
-        raise options.Fatal("MAIL not set")
+        raise Exit(111, "MAIL not set")
     mboxtmp = os.environ.get("MAILTMP")
     if mboxtmp is None:
-        raise options.Fatal("MAILTMP not set")
+        raise Exit(111, "MAILTMP not set")
     maildir = os.environ.get("MAILDIR")
     if maildir is None:
-        raise options.Fatal("MAILDIR not set")
+        raise Exit(111, "MAILDIR not set")
     convert(maildir, mbox, mboxtmp)
 
 

@@ -12,6 +12,7 @@ import os
 
 import click
 
+from qpy.errors import Exit
 from qpy.programs import options
 
 
@@ -23,12 +24,12 @@ def cli(name: str) -> None:
     try:
         os.mkdir(name, 0o700)
     except OSError as e:
-        raise options.Fatal(f"unable to mkdir {name}: {e.strerror}")
+        raise Exit(111, f"unable to mkdir {name}: {e.strerror}")
     for sub in ("tmp", "new", "cur"):
         try:
             os.mkdir(os.path.join(name, sub), 0o700)
         except OSError as e:
-            raise options.Fatal(f"unable to mkdir {name}/{sub}: {e.strerror}")
+            raise Exit(111, f"unable to mkdir {name}/{sub}: {e.strerror}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import os
 import click
 
 from qpy import aliases, auto, cdb
-from qpy.errors import QmailError
+from qpy.errors import Exit, QmailError
 from qpy.programs import options
 
 DEFAULT = "/etc/aliases"
@@ -33,21 +33,21 @@ def compile_file(path: str) -> int:
     try:
         os.chdir(auto.home())
     except OSError as e:
-        raise options.Fatal(f"unable to chdir to {auto.home()}: {e.strerror}")
+        raise Exit(111, f"unable to chdir to {auto.home()}: {e.strerror}")
     try:
         with open(path, "rb") as f:
             text = f.read()
     except OSError as e:
-        raise options.Fatal(f"unable to read {path}: {e.strerror}")
+        raise Exit(111, f"unable to read {path}: {e.strerror}")
     try:
         records = aliases.compile_aliases(text, aliases.Qualifier.from_control())
     except QmailError as e:
-        raise options.Fatal(e.text, e.exit_code)
+        raise Exit(e.exit_code, e.text)
     try:
         cdb.rebuild(path + ".cdb", records, tmp=path + ".tmp", mode=0o644)
         os.chmod(path + ".cdb", 0o644)
     except OSError as e:
-        raise options.Fatal(f"unable to write {path}.tmp: {e.strerror}")
+        raise Exit(111, f"unable to write {path}.tmp: {e.strerror}")
     return sum(1 for key, _ in records if key.startswith(b":"))
 
 

@@ -2,11 +2,14 @@
 
 Not a program: it has no bin/ shim.  Click's own exit 2 for usage errors would
 collide with qmail's codes, so ``run`` maps usage errors to 100 and other
-failures to 111, each as one ``<name>: fatal: …`` line on stderr.
+failures to 111, each as one ``<name>: fatal: …`` line on stderr; a command leaves
+with its own code through ``qpy.errors.Exit``, shown the same way.
 """
 from __future__ import annotations
 
 import click
+
+from qpy.errors import Exit
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -25,16 +28,11 @@ def run(command: click.Command, name: str, argv: list[str] | None) -> int:
     except click.ClickException as e:
         click.echo(f"{name}: fatal: {e.format_message()}", err=True)
         return e.exit_code if e.exit_code not in (0, 1, 2) else 111
+    except Exit as e:
+        click.echo(f"{name}: fatal: {e.text}", err=True)
+        return e.code
     except click.exceptions.Abort:
         return 111
     except click.exceptions.Exit as e:
         return e.exit_code
     return result if isinstance(result, int) else 0
-
-
-class Fatal(click.ClickException):
-    """A failure with a qmail exit code (111 unless given)."""
-
-    def __init__(self, message: str, code: int = 111) -> None:
-        super().__init__(message)
-        self.exit_code = code

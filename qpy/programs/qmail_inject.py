@@ -35,7 +35,7 @@ import time
 from typing import BinaryIO
 
 from qpy import addr, auto, control, header, qmailq
-from qpy.errors import ControlError
+from qpy.errors import ControlError, Exit
 from qpy.header import ATOM, AT, COLON, COMMENT, LEFT, QUOTE, RIGHT, Token
 
 NAME = "qmail-inject"
@@ -44,15 +44,6 @@ CHUNK = 65536
 
 # Recipient strategies.
 ARGS, HEADER, BOTH, EITHER = "a", "h", "H", "A"
-
-
-class Fatal(Exception):
-    """Leave with an exit code and one line (or a block) on stderr."""
-
-    def __init__(self, code: int, text: str | bytes) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text.encode() if isinstance(text, str) else text
 
 
 def _env(name: str) -> bytes | None:
@@ -67,10 +58,10 @@ def _first_env(*names: str) -> bytes | None:
     return None
 
 
-def _cant_parse(text: bytes) -> Fatal:
+def _cant_parse(text: bytes) -> Exit:
     if not text.endswith(b"\n"):
         text += b"\n"
-    return Fatal(100, b"unable to parse this line:\n" + text)
+    return Exit(100, b"unable to parse this line:\n" + text)
 
 
 def _parse(text: bytes) -> list[Token]:
@@ -91,7 +82,7 @@ def read_mft(path: bytes | None) -> set[bytes] | None:
     except FileNotFoundError:
         return None
     except OSError:
-        raise Fatal(111, "read error")
+        raise Exit(111, "read error")
     lines = [line.rstrip(b" \t\r") for line in data.split(b"\n")]
     return {line.lower() for line in lines if line and not line.startswith(b"#")}
 
@@ -116,14 +107,14 @@ class Settings:
         try:
             os.chdir(auto.home())
         except OSError:
-            raise Fatal(111, "internal bug")
+            raise Exit(111, "internal bug")
         try:
             dd = _env("QMAILDEFAULTDOMAIN") or control.read_line_me("defaultdomain")
             dh = _env("QMAILDEFAULTHOST") or control.read_line_me("defaulthost")
             pd = _env("QMAILPLUSDOMAIN") or control.read_line_me("plusdomain")
             self.idhost = _env("QMAILIDHOST") or control.read_line_me("idhost")
         except ControlError:
-            raise Fatal(111, "read error")
+            raise Exit(111, "read error")
         for prefix, value in ((b".", dd), (b"@", dh), (b".", pd)):
             _parse(prefix + value)
         self.rewriter = header.Rewriter(dh, dd, pd)
@@ -186,7 +177,7 @@ class Injector:
         try:
             self.recips.append(self.rw.address(text))
         except header.ParseError:
-            raise Fatal(100, b"unable to parse address: " + text + b"\n")
+            raise Exit(100, b"unable to parse address: " + text + b"\n")
 
     def field(self, h: bytes) -> None:
         """Process one header field (doheaderfield)."""
@@ -198,7 +189,7 @@ class Injector:
         if htype:
             self.seen.add(htype)
         elif not header.valid(h):
-            raise Fatal(100, b"invalid header field: " + h)
+            raise Exit(100, b"invalid header field: " + h)
         rw, mayfail = self._rewriter_for(htype)
         if rw is not None:
             toks = None
@@ -323,7 +314,7 @@ def parse_args(argv: list[str]) -> tuple[str, bool, str | None, list[str]]:
     try:
         opts, args = getopt.getopt(argv, "aAhHnNf:")
     except getopt.GetoptError:
-        raise Fatal(100, "usage: " + USAGE + "\n")
+        raise Exit(100, "usage: " + USAGE + "\n")
     strategy, queue, sender = EITHER, True, None
     for opt, value in opts:
         if opt in ("-a", "-A", "-h", "-H"):
@@ -355,7 +346,7 @@ def copy_body(stream: BinaryIO, start: bytes, put) -> None:
 
 
 def inject(argv: list[str], stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """Run qmail-inject; raise Fatal on failure."""
+    """Run qmail-inject; raise Exit on failure."""
     start = time.time()
     settings = Settings()
     strategy, queue, sender, args = parse_args(argv)
@@ -368,7 +359,7 @@ def inject(argv: list[str], stdin: BinaryIO, stdout: BinaryIO) -> None:
     try:
         fields, body = header.read_header(stdin)
     except OSError:
-        raise Fatal(111, "read error")
+        raise Exit(111, "read error")
     for h in fields:
         inj.field(h)
     head = inj.finish(printing=not queue)
@@ -380,16 +371,16 @@ def inject(argv: list[str], stdin: BinaryIO, stdout: BinaryIO) -> None:
     try:
         job = qmailq.start()
     except OSError:
-        raise Fatal(111, "unable to run qmail-queue")
+        raise Exit(111, "unable to run qmail-queue")
     try:
         job.put(head)
         copy_body(stdin, body, job.put)
     except OSError:
         job.abort()
-        raise Fatal(111, "read error")
+        raise Exit(111, "read error")
     result = job.close(inj.sender or b"", inj.recipients(strategy))
     if result:
-        raise Fatal(100 if result[0] == "D" else 111, result[1:] + "\n")
+        raise Exit(100 if result[0] == "D" else 111, result[1:] + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         inject(sys.argv[1:] if argv is None else argv, sys.stdin.buffer, sys.stdout.buffer)
-    except Fatal as e:
-        text = e.text if e.text.endswith(b"\n") else e.text + b"\n"
+    except Exit as e:
+        text = e.data if e.data.endswith(b"\n") else e.data + b"\n"
         if not text.startswith(b"usage:"):
             text = b"fatal: " + text
         sys.stderr.buffer.write(NAME.encode() + b": " + text)

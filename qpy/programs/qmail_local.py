@@ -34,7 +34,7 @@ import sys
 import time
 
 from qpy import addr, dotqmail, errstr, fdio, maildir, mbox, received
-from qpy.errors import TempFail
+from qpy.errors import Exit, TempFail
 
 USAGE = (b"qmail-local: usage: qmail-local [ -nN ] user homedir local dash ext domain "
          b"sender aliasempty")
@@ -46,25 +46,12 @@ _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep
            b"Nov", b"Dec")
 
 
-class Die(Exception):
-    """Stop with an exit code and a line for fd 2."""
-
-    def __init__(self, code: int, text: bytes | str) -> None:
-        super().__init__(code, text)
-        self.code = code
-        self.text = text.encode() if isinstance(text, str) else text
-
-
-class Timeout(Exception):
-    """The maildir alarm rang."""
-
-
 def rewind() -> None:
     """Seek the message back to its start."""
     try:
         os.lseek(0, 0, os.SEEK_SET)
     except OSError:
-        raise Die(111, "Unable to rewind message. (#4.3.0)")
+        raise Exit(111, "Unable to rewind message. (#4.3.0)")
 
 
 def myctime(when: float) -> bytes:
@@ -117,12 +104,12 @@ def check_home(doit: bool) -> None:
     try:
         st = os.stat(".")
     except OSError as e:
-        raise Die(111, f"Unable to stat home directory: {errstr.text(e)}. (#4.3.0)")
+        raise Exit(111, f"Unable to stat home directory: {errstr.text(e)}. (#4.3.0)")
     if st.st_mode & 0o002:
-        raise Die(111, "Uh-oh: home directory is writable. (#4.7.0)")
+        raise Exit(111, "Uh-oh: home directory is writable. (#4.7.0)")
     if st.st_mode & 0o1000:
         if doit:
-            raise Die(111, "Home directory is sticky: user is editing his .qmail file. (#4.2.1)")
+            raise Exit(111, "Home directory is sticky: user is editing his .qmail file. (#4.2.1)")
         fdio.write_quietly(2, b"Warning: home directory is sticky.\n")
 
 
@@ -137,7 +124,7 @@ def check_loop(dtline: bytes) -> None:
             try:
                 chunk = os.read(0, CHUNK)
             except OSError as e:
-                raise Die(111, f"Unable to read message: {errstr.text(e)}. (#4.3.0)")
+                raise Exit(111, f"Unable to read message: {errstr.text(e)}. (#4.3.0)")
             if not chunk:
                 return
             buf = buf[pos:] + chunk
@@ -148,7 +135,7 @@ def check_loop(dtline: bytes) -> None:
         if len(line) <= 1:
             return
         if line == dtline:
-            raise Die(100, "This message is looping: it already has my Delivered-To line. (#5.4.6)")
+            raise Exit(100, "This message is looping: it already has my Delivered-To line. (#5.4.6)")
 
 
 class Local:
@@ -196,7 +183,7 @@ class Local:
         """The dot-qmail text to follow and whether it starts forward-only."""
         found = dotqmail.find(self.dash, self.ext)
         if found is None and self.dash:
-            raise Die(100, "Sorry, no mailbox here by that name. (#5.1.1)")
+            raise Exit(100, "Sorry, no mailbox here by that name. (#5.1.1)")
         if found is not None and found.default is not None:
             self.env[b"DEFAULT"] = found.default
         self.env[b"NEWSENDER"] = self.new_sender()
@@ -211,16 +198,16 @@ class Local:
         for i, line in enumerate(dotqmail.lines(text)):
             kind, arg = dotqmail.classify(line)
             if kind == dotqmail.BLANK and i == 0:
-                raise Die(111, "Uh-oh: first line of .qmail file is blank. (#4.2.1)")
+                raise Exit(111, "Uh-oh: first line of .qmail file is blank. (#4.2.1)")
             if kind in (dotqmail.MAILDIR, dotqmail.MBOX):
                 self.files += 1
                 if forward_only:
-                    raise Die(111, "Uh-oh: .qmail has file delivery but has x bit set. (#4.7.0)")
+                    raise Exit(111, "Uh-oh: .qmail has file delivery but has x bit set. (#4.7.0)")
                 self.deliver_file(kind, arg)
             elif kind == dotqmail.PROGRAM:
                 self.programs += 1
                 if forward_only:
-                    raise Die(111, "Uh-oh: .qmail has prog delivery but has x bit set. (#4.7.0)")
+                    raise Exit(111, "Uh-oh: .qmail has prog delivery but has x bit set. (#4.7.0)")
                 if self.doit:
                     self.program(arg)
                 else:
@@ -250,18 +237,16 @@ class Local:
             else:
                 mbox.deliver(path, self.ufline + self.rpline + self.dtline, 0)
         except TempFail as e:
-            raise Die(111, e.text)
+            raise Exit(111, e.text)
 
     def maildir(self, path: bytes) -> None:
         """Maildir delivery under a 24 h alarm."""
         def on_alarm(signum: int, frame: object) -> None:
-            raise Timeout()
+            raise Exit(111, "Timeout on maildir delivery. (#4.3.0)")
         old = signal.signal(signal.SIGALRM, on_alarm)
         signal.alarm(MAILDIR_ALARM)
         try:
             maildir.deliver(path, self.rpline + self.dtline, 0)
-        except Timeout:
-            raise Die(111, "Timeout on maildir delivery. (#4.3.0)")
         finally:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
@@ -274,17 +259,17 @@ class Local:
                                  {**os.environb, **self.env},
                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
         except OSError as e:
-            raise Die(111, f"Unable to run /bin/sh: {errstr.text(e)}. (#4.3.0)")
+            raise Exit(111, f"Unable to run /bin/sh: {errstr.text(e)}. (#4.3.0)")
         wstat = fdio.wait_status(pid)
         if os.WIFSIGNALED(wstat):
-            raise Die(111, "Aack, child crashed. (#4.3.0)")
+            raise Exit(111, "Aack, child crashed. (#4.3.0)")
         code = os.WEXITSTATUS(wstat)
         if code in PERM_PROGRAM:
-            raise Die(100, b"")
+            raise Exit(100, b"")
         if code == 99:
             self.stop = True
         elif code != 0:
-            raise Die(111, b"")
+            raise Exit(111, b"")
 
     def forward(self) -> None:
         """Queue the message once for every forward, Delivered-To prepended."""
@@ -293,7 +278,7 @@ class Local:
         try:
             job = qmailq.start()
         except OSError as e:
-            raise Die(111, f"Unable to fork: {errstr.text(e)}. (#4.3.0)")
+            raise Exit(111, f"Unable to fork: {errstr.text(e)}. (#4.3.0)")
         self.qp = job.pid
         job.put(self.dtline)
         while True:
@@ -307,8 +292,8 @@ class Local:
             job.put(chunk)
         result = job.close(self.env[b"NEWSENDER"], self.recips)
         if result:
-            raise Die(100 if result[0] == "D" else 111,
-                      "Unable to forward message: " + result[1:] + ".")
+            raise Exit(100 if result[0] == "D" else 111,
+                       "Unable to forward message: " + result[1:] + ".")
 
     def counts(self) -> bytes:
         """``did f+w+p`` and, after a forward, ``qp <pid>``."""
@@ -319,7 +304,7 @@ class Local:
 
 
 def parse_args(argv: list[bytes]) -> tuple[bool, list[bytes]]:
-    """getopt "nN": (doit, the eight positional arguments); Die(100) on misuse."""
+    """getopt "nN": (doit, the eight positional arguments); Exit(100) on misuse."""
     doit = True
     i = 0
     while i < len(argv) and argv[i].startswith(b"-") and argv[i] != b"-":
@@ -333,10 +318,10 @@ def parse_args(argv: list[bytes]) -> tuple[bool, list[bytes]]:
             elif ch == 0x4E:
                 doit = True
             else:
-                raise Die(100, USAGE)
+                raise Exit(100, USAGE)
     args = argv[i:]
     if len(args) != 8 or not args[1].startswith(b"/"):
-        raise Die(100, USAGE)
+        raise Exit(100, USAGE)
     return doit, args
 
 
@@ -348,7 +333,7 @@ def expand_default(defaultdelivery: bytes, user: bytes) -> bytes:
     if b"$USER" not in defaultdelivery:
         return defaultdelivery
     if not user or b"/" in user or user in (b".", b"..") or b"\n" in user:
-        raise Die(111, b"Unable to expand $USER in the default delivery. (#4.3.0)")
+        raise Exit(111, b"Unable to expand $USER in the default delivery. (#4.3.0)")
     return defaultdelivery.replace(b"$USER", user)
 
 
@@ -359,8 +344,8 @@ def deliver(argv: list[bytes]) -> int:
     try:
         os.chdir(args[1])
     except OSError as e:
-        raise Die(111, b"Unable to switch to " + args[1] + b": " + errstr.text(e).encode()
-                  + b". (#4.3.0)")
+        raise Exit(111, b"Unable to switch to " + args[1] + b": " + errstr.text(e).encode()
+                   + b". (#4.3.0)")
     check_home(doit)
     job = Local(args, doit)
     job.set_env()
@@ -369,7 +354,7 @@ def deliver(argv: list[bytes]) -> int:
     try:
         job.run()
     except TempFail as e:
-        raise Die(111, e.text)
+        raise Exit(111, e.text)
     fdio.write_quietly(1, job.counts())
     return 0
 
@@ -381,9 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     args = [os.fsencode(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:
         return deliver(args)
-    except Die as e:
+    except Exit as e:
         if e.text:
-            fdio.write_quietly(2, e.text + b"\n")
+            fdio.write_quietly(2, e.data + b"\n")
         return e.code
     except MemoryError:
         fdio.write_quietly(2, b"Out of memory. (#4.3.0)\n")

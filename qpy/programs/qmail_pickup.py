@@ -41,7 +41,7 @@ import threading
 import time
 
 from qpy import auto, fdio, maildrop, prot, queuewrite, trigger, warm
-from qpy.errors import QueueFail
+from qpy.errors import Exit, QueueFail
 from qpy.exitcodes import qq_text
 
 NAME = "qmail-pickup"
@@ -52,10 +52,6 @@ FILE_TIMEOUT = 3600
 CHUNK = 65536
 PICKED, REMOVED, RETRY, GONE = 0, 1, 2, 3
 REMOVE_ERRNOS = (errno.ELOOP, errno.ENXIO, errno.EACCES, errno.EPERM)
-
-
-class Fatal(Exception):
-    """qmail-pickup cannot start: exit 111."""
 
 
 def log(text: str) -> None:
@@ -138,25 +134,25 @@ class Pickup:
             os.chdir(home)
             owner = os.stat("queue")
         except OSError as e:
-            raise Fatal(f"unable to reach {home}/queue: {e.strerror}")
+            raise Exit(111, f"unable to reach {home}/queue: {e.strerror}")
         self.priv = queuewrite.privileged_instance()
         try:
             queuewrite.become_owner(owner)
         except prot.TempFail:
-            raise Fatal("not the owner of queue")
+            raise Exit(111, "not the owner of queue")
         self.special = queuewrite.special_uids(self.priv)
         try:
             self.drop = fdio.open_dir(maildrop.DIR)
         except OSError as e:
-            raise Fatal(f"unable to open {maildrop.DIR}: {e.strerror}")
+            raise Exit(111, f"unable to open {maildrop.DIR}: {e.strerror}")
         st = os.fstat(self.drop)
         if st.st_uid != os.geteuid() or not st.st_mode & stat.S_ISVTX:
-            raise Fatal(f"{maildrop.DIR} must be ours and sticky")
+            raise Exit(111, f"{maildrop.DIR} must be ours and sticky")
         self.gid = st.st_gid
         try:
             fcntl.flock(self.drop, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise Fatal("cannot start: qmail-pickup is already running")
+            raise Exit(111, "cannot start: qmail-pickup is already running")
         try:
             self.trigger: int | None = trigger.open_listen(".", maildrop.TRIGGER)
         except OSError as e:
@@ -353,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         return 100
     try:
         pickup = Pickup()
-    except (Fatal, OSError) as e:
+    except (Exit, OSError) as e:
         log(f"fatal: {e}")
         return 111
     if argv == ["once"]:

@@ -24,12 +24,9 @@ import sys
 from typing import BinaryIO
 
 from qpy import auto
+from qpy.errors import Exit
 
 USAGE = "qmail-pw2u [ -/ohHuUC ] [ -cchar ]"
-
-
-class Fatal(Exception):
-    """qmail-pw2u: fatal: …"""
 
 
 def read_list(path: str) -> list[bytes] | None:
@@ -40,7 +37,7 @@ def read_list(path: str) -> list[bytes] | None:
     except FileNotFoundError:
         return None
     except OSError:
-        raise Fatal("unable to read controls")
+        raise Exit(111, "unable to read controls")
     lines = [line.rstrip(b" \t\r") for line in data.split(b"\n")]
     return [line for line in lines if line and not line.startswith(b"#")]
 
@@ -113,10 +110,10 @@ class Pw2u:
                 st = os.stat(home)
             except FileNotFoundError:
                 if self.o.home == 1:
-                    raise Fatal("unable to stat " + os.fsdecode(home))
+                    raise Exit(111, "unable to stat " + os.fsdecode(home))
                 return
             except OSError:
-                raise Fatal("unable to stat " + os.fsdecode(home))
+                raise Exit(111, "unable to stat " + os.fsdecode(home))
             if st.st_uid != uid:
                 return
         uugh = b":" + user + b":" + uidstr + b":" + gidstr + b":" + home + b":"
@@ -144,7 +141,7 @@ class Pw2u:
         sub, user, pre = fields[0], fields[1], fields[2]
         uugh = self.users.get(user.lower())
         if uugh is None:
-            raise Fatal("unable to find " + os.fsdecode(user) + " user for subuser")
+            raise Exit(111, "unable to find " + os.fsdecode(user) + " user for subuser")
         self.out.write(b"=" + sub + uugh + self.o.dash + pre + b":\n")
         if self.o.brk:
             self.out.write(b"+" + sub + self.o.brk + uugh + self.o.dash + pre + b"-:\n")
@@ -161,25 +158,25 @@ def _read_lines(path: str) -> list[bytes] | None:
     except FileNotFoundError:
         return None
     except OSError:
-        raise Fatal("unable to read controls")
+        raise Exit(111, "unable to read controls")
     return data.splitlines(keepends=True)
 
 
 def pw2u(opts: Options, stdin: BinaryIO, out: BinaryIO) -> None:
-    """Convert; raise Fatal."""
+    """Convert; raise Exit."""
     try:
         os.chdir(auto.home())
     except OSError:
-        raise Fatal("unable to chdir")
+        raise Exit(111, "unable to chdir")
     p = Pw2u(opts, out)
     try:
         data = stdin.read()
     except OSError:
-        raise Fatal("unable to read input")
+        raise Exit(111, "unable to read input")
     for line in data.split(b"\n"):
         p.account(line)
     if not p.alias:
-        raise Fatal(f"unable to find {auto.ALIAS} user")
+        raise Exit(111, f"unable to find {auto.ALIAS} user")
     for line in _read_lines("users/subusers") or []:
         p.subuser(line.rstrip(b"\n"))
     for line in _read_lines("users/append") or []:
@@ -199,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pw2u(opts, sys.stdin.buffer, out)
         out.flush()
-    except Fatal as e:
+    except Exit as e:
         out.flush()
-        sys.stderr.write(f"qmail-pw2u: fatal: {e}\n")
-        return 111
+        sys.stderr.write(f"qmail-pw2u: fatal: {e.text}\n")
+        return e.code
     except OSError:
         sys.stderr.write("qmail-pw2u: fatal: unable to write output\n")
         return 111

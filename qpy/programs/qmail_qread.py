@@ -20,6 +20,7 @@ import time
 import click
 
 from qpy import auto, queuedir
+from qpy.errors import Exit
 from qpy.programs import options
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -57,10 +58,6 @@ def warning(msgid: int, err: OSError) -> bytes:
     return b"warning: trouble with #%d: %s\n" % (msgid, (err.strerror or str(err)).encode())
 
 
-class Fatal(Exception):
-    """A fatal problem, printed on stdout as qmail-qread does."""
-
-
 def message_ids(queue: str) -> list[int]:
     """Ids in info/, split directory by split directory, each sorted."""
     ids: list[int] = []
@@ -68,7 +65,7 @@ def message_ids(queue: str) -> list[int]:
         try:
             names = os.listdir(os.path.join(queue, "info", str(n)))
         except OSError as e:
-            raise Fatal(f"fatal: unable to opendir info/{n}: {e.strerror}")
+            raise Exit(111, f"fatal: unable to opendir info/{n}: {e.strerror}")
         ids += sorted(i for i in map(queuedir.parse_id, names) if i is not None)
     return ids
 
@@ -108,12 +105,12 @@ def cli() -> int:
             os.chdir(auto.home())
             os.chdir("queue")
         except OSError as e:
-            raise Fatal(f"fatal: unable to chdir: {e.strerror}")
+            raise Exit(111, f"fatal: unable to chdir: {e.strerror}")
         ids = message_ids(".")
-    except Fatal as e:
-        out.write(str(e).encode() + b"\n")
+    except Exit as e:     # printed on stdout, as qmail-qread does
+        out.write(e.data + b"\n")
         out.flush()
-        return 111
+        return e.code
     for msgid in ids:
         out.write(describe(msgid))
     out.flush()

@@ -13,6 +13,7 @@ import os
 import click
 
 from qpy import auto, queuedir
+from qpy.errors import Exit
 from qpy.programs import options
 
 
@@ -27,7 +28,7 @@ def cli() -> None:
     try:
         messages, todo = count(os.path.join(auto.home(), "queue"))
     except OSError as e:
-        raise options.Fatal(f"unable to read the queue: {e.strerror}")
+        raise Exit(111, f"unable to read the queue: {e.strerror}")
     click.echo(f"messages in queue: {messages}")
     click.echo(f"messages in queue but not yet preprocessed: {todo}")
 

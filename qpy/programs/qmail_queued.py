@@ -40,16 +40,13 @@ import sys
 import time
 
 from qpy import auto, fdio, maildrop, prot, queuewrite, warm
+from qpy.errors import Exit
 
 NAME = "qmail-queued"
 CONCURRENCY = 200
 BACKLOG = 128
 HELLO_TIMEOUT = 30.0
 BUSY = bytes([maildrop.BUSY])
-
-
-class Fatal(Exception):
-    """qmail-queued cannot start: exit 111."""
 
 
 def log(text: str) -> None:
@@ -65,9 +62,9 @@ def become_owner() -> None:
     try:
         queuewrite.become_owner(os.stat("queue"))
     except OSError as e:
-        raise Fatal(f"unable to stat queue: {e.strerror}")
+        raise Exit(111, f"unable to stat queue: {e.strerror}")
     except prot.TempFail:
-        raise Fatal("not the owner of queue")
+        raise Exit(111, "not the owner of queue")
 
 
 def lock_public() -> int:
@@ -75,14 +72,14 @@ def lock_public() -> int:
     try:
         fd = fdio.open_dir(maildrop.PUBLIC)
     except OSError as e:
-        raise Fatal(f"unable to open {maildrop.PUBLIC}: {e.strerror}")
+        raise Exit(111, f"unable to open {maildrop.PUBLIC}: {e.strerror}")
     st = os.fstat(fd)
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise Fatal(f"{maildrop.PUBLIC} must be ours and writable by nobody else")
+        raise Exit(111, f"{maildrop.PUBLIC} must be ours and writable by nobody else")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise Fatal("cannot start: qmail-queued is already running")
+        raise Exit(111, "cannot start: qmail-queued is already running")
     return fd
 
 
@@ -118,7 +115,7 @@ class Service:
         try:
             os.chdir(home)
         except OSError as e:
-            raise Fatal(f"unable to chdir to {home}: {e.strerror}")
+            raise Exit(111, f"unable to chdir to {home}: {e.strerror}")
         self.priv = queuewrite.privileged_instance()
         become_owner()
         self.special = queuewrite.special_uids(self.priv)
@@ -126,11 +123,11 @@ class Service:
         try:
             self.sock = listen(maildrop.SOCKET)
         except OSError as e:
-            raise Fatal(f"unable to listen on {maildrop.SOCKET}: {e.strerror}")
+            raise Exit(111, f"unable to listen on {maildrop.SOCKET}: {e.strerror}")
         try:
             os.chdir("queue")
         except OSError as e:
-            raise Fatal(f"unable to chdir to queue: {e.strerror}")
+            raise Exit(111, f"unable to chdir to queue: {e.strerror}")
         os.umask(0o033)
         self.wake = fdio.SelfPipe()
 
@@ -250,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     open_fds()
     try:
         service = Service(int(argv[0]) if argv else CONCURRENCY)
-    except (Fatal, OSError, prot.TempFail) as e:
+    except (Exit, OSError, prot.TempFail) as e:
         log(f"fatal: {e}")
         return 111
     return service.serve()

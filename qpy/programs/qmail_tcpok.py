@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from qpy import tcpto
+from qpy.errors import Exit
 from qpy.programs import options
 
 
@@ -20,7 +21,7 @@ def cli() -> None:
     try:
         tcpto.clear()
     except OSError as e:
-        raise options.Fatal(f"unable to clear {e.filename or 'queue/lock/tcpto'}: {e.strerror}")
+        raise Exit(111, f"unable to clear {e.filename or 'queue/lock/tcpto'}: {e.strerror}")
 
 
 def main(argv: list[str] | None = None) -> int:

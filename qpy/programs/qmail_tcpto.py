@@ -15,6 +15,7 @@ import time
 import click
 
 from qpy import tcpto
+from qpy.errors import Exit
 from qpy.programs import options
 
 
@@ -30,7 +31,7 @@ def cli() -> None:
     try:
         entries = tcpto.entries()
     except OSError as e:
-        raise options.Fatal(f"unable to read tcpto: {e.strerror}")
+        raise Exit(111, f"unable to read tcpto: {e.strerror}")
     for line in lines(entries, int(time.time())):
         click.echo(line)
 

@@ -30,7 +30,7 @@ import socket
 import click
 
 from qpy import control, hier, instance, prot
-from qpy.errors import QmailError
+from qpy.errors import Exit, QmailError
 from qpy.programs import options
 
 DEFAULT_HOME = "./qpy-home"
@@ -52,7 +52,7 @@ def ensure_instance(home: str, me: str) -> bool:
     try:
         hier.install(home, me.encode(), False)
     except OSError as e:
-        raise options.Fatal(f"unable to create {e.filename or home}: {e.strerror}")
+        raise Exit(111, f"unable to create {e.filename or home}: {e.strerror}")
     return True
 
 
@@ -77,12 +77,12 @@ def init(home: str, me: str | None, mode: str) -> None:
     home = os.path.abspath(home)
     can = os.geteuid() == 0 and prot.accounts_exist()
     if mode == "privileged" and not can:
-        raise options.Fatal("privileged mode needs root and the qmail accounts (qpy install)", 100)
+        raise Exit(100, "privileged mode needs root and the qmail accounts (qpy install)")
     priv = can and mode != "single-user"
     try:
         hier.install(home, (me or default_me()).encode(), priv)
     except OSError as e:
-        raise options.Fatal(f"unable to create {e.filename or home}: {e.strerror}")
+        raise Exit(111, f"unable to create {e.filename or home}: {e.strerror}")
     mode = "privileged" if priv else "single-user"
     click.echo(f"qpy: instance ready at {home} ({mode} mode)")
 
@@ -117,9 +117,9 @@ def _add_user(home: str, name: str) -> str:
     try:
         return instance.add_user(home, name.encode())
     except QmailError as e:
-        raise options.Fatal(e.text, 100 if e.exit_code == 100 else 111)
+        raise Exit(100 if e.exit_code == 100 else 111, e.text)
     except OSError as e:
-        raise options.Fatal(f"unable to add user {name}: {e.strerror}")
+        raise Exit(111, f"unable to add user {name}: {e.strerror}")
 
 
 @cli.group()
@@ -134,7 +134,7 @@ def user_add(name: str, home: str) -> None:
     """Add a virtual user with a Maildir under the instance."""
     home = os.path.abspath(home)
     if not os.path.isdir(os.path.join(home, "users")):
-        raise options.Fatal(f"{home} is not an instance (run qpy init first)")
+        raise Exit(111, f"{home} is not an instance (run qpy init first)")
     path = _add_user(home, name)
     click.echo(f"qpy: user {name.lower()} added; mail goes to {path}/Maildir/")
 
@@ -155,7 +155,7 @@ def status(home: str) -> None:
     try:
         st = instance.status(home)
     except QmailError as e:
-        raise options.Fatal(e.text)
+        raise Exit(111, e.text)
     click.echo(f"instance: {home}")
     click.echo(f"qmail-send: {'running' if st.running else 'not running'}")
     click.echo(f"messages in queue: {st.queued}")
@@ -180,7 +180,7 @@ def install(home: str, me: str | None, defaultdelivery: str, smtp_host: str, smt
     """Privileged mode: accounts, the instance with qmail's owners, service directories."""
     from qpy import accounts, services
     if os.geteuid() != 0:
-        raise options.Fatal("qpy install must run as root (use qpy run for single-user mode)", 100)
+        raise Exit(100, "qpy install must run as root (use qpy run for single-user mode)")
     home = os.path.abspath(home)
     try:
         made = accounts.ensure(home)
@@ -193,9 +193,9 @@ def install(home: str, me: str | None, defaultdelivery: str, smtp_host: str, smt
         if scan_dir:
             services.link(paths, scan_dir)
     except QmailError as e:
-        raise options.Fatal(e.text)
+        raise Exit(111, e.text)
     except OSError as e:
-        raise options.Fatal(f"unable to install into {e.filename or home}: {e.strerror}")
+        raise Exit(111, f"unable to install into {e.filename or home}: {e.strerror}")
     if made:
         click.echo(f"qpy: created accounts: {' '.join(made)}")
     click.echo(f"qpy: privileged instance at {home}; services: {' '.join(paths)}")
