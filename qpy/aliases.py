@@ -47,10 +47,13 @@ class Qualifier:
 
     @classmethod
     def from_control(cls) -> "Qualifier":
-        """defaulthost/defaultdomain/plusdomain, each defaulting to me (literal ``me``)."""
+        """defaulthost/defaultdomain/plusdomain, each defaulting to me (literal ``me``).
+
+        fastforward's fallbacks, not qmail-inject's declared ones: hence first_line.
+        """
         me = control.me() or b"me"
-        return cls(control.read_line("defaulthost") or me, control.read_line("defaultdomain") or me,
-                   control.read_line("plusdomain") or me)
+        return cls(control.first_line("defaulthost") or me,
+                   control.first_line("defaultdomain") or me, control.first_line("plusdomain") or me)
 
     def full(self, address: bytes, has_at: bool) -> bytes:
         """The complete address (``user`` → ``user@defaulthost.defaultdomain``)."""

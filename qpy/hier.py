@@ -11,7 +11,7 @@ import stat
 import sys
 from dataclasses import dataclass
 
-from qpy import auto, control, prot
+from qpy import auto, controlfiles, prot
 
 # Owner "root" is the invoking user in single-user mode, as every other account is.
 ROOT = auto.ROOT
@@ -116,6 +116,9 @@ PROGRAMS: dict[str, str] = {
 }
 
 CONTROL_FROM_ME = ("me", "locals", "rcpthosts")
+# int files a new instance states explicitly, with their declared defaults
+CONTROL_FROM_DEFAULT = ("concurrencylocal", "concurrencyremote", "queuelifetime", "databytes",
+                        "timeoutsmtpd", "timeoutremote", "timeoutconnect")
 
 
 def module_name(program: str) -> str:
@@ -127,7 +130,7 @@ def module_name(program: str) -> str:
 def control_defaults(me: bytes) -> dict[str, bytes]:
     """The control files of a new instance: me-derived ones plus the int defaults."""
     files = {name: me + b"\n" for name in CONTROL_FROM_ME}
-    files.update({name: b"%d\n" % value for name, value in control.DEFAULTS.items()})
+    files.update({name: b"%d\n" % controlfiles.entry(name).default for name in CONTROL_FROM_DEFAULT})
     return files
 
 

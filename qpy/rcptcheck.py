@@ -36,7 +36,7 @@ _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
 
 def enabled() -> bool:
     """True if control/rcptcheck says 1."""
-    return control.read_int("rcptcheck", 0) == 1
+    return control.read_int("rcptcheck") == 1
 
 
 class RecipientCheck:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qpy import control, hier
+from qpy import controlfiles, hier
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_PROGRAMS = {"__init__", "options"}
@@ -93,5 +93,5 @@ def test_shipped_control_files_restate_builtin_defaults():
     shipped = {p.name: p.read_bytes() for p in (ROOT / "control").iterdir()}
     expected = hier.control_defaults(b"localhost")
     assert shipped == expected
-    for name, value in control.DEFAULTS.items():
-        assert shipped[name] == b"%d\n" % value
+    for name in hier.CONTROL_FROM_DEFAULT:
+        assert shipped[name] == b"%d\n" % controlfiles.entry(name).default

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o022)
     try:
         os.chdir(auto.home())
-        hosts = control.read_list("morercpthosts", [])
+        hosts = control.read_list("morercpthosts")
     except (OSError, QmailError) as e:
         return fatal(f"unable to read control/morercpthosts: {e}")
     try:

@@ -5,41 +5,29 @@ RUNS AS   anyone who can read control/.
 PRINTS    qmail-showctl's text: home, user-ext delimiter, paternalism, silent concurrency
           limit, split, the account uids and gids (in single-user mode all are the
           invoking user's), then for each control file its value or ``(Default.) …``, and
-          ``I have no idea what this file does.`` for unknown files.  qpy's own controls
-          (nameservers, rcptcheck, checkpassword, servercert.pem: presence only) follow
-          qmail's list.
-          ``--readers`` adds a ``read by …`` line after each known control.
+          ``I have no idea what this file does.`` for files qpy.controlfiles does not
+          declare.  The paragraphs, their order, sentences and defaults come from
+          qpy.controlfiles: qmail's list, then qpy's own (nameservers, rcptcheck,
+          checkpassword, servercert.pem: presence only).
+          ``--readers`` adds a ``read by …`` line after each paragraph.
 EXIT      0; 111 if QMAILHOME or control/ cannot be reached (an ``Oops!`` line on stdout).
 """
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 import click
 
-from qpy import auto, prot
+from qpy import auto, controlfiles, prot
+from qpy.controlfiles import ControlFile
 from qpy.programs import options
 
 OOPS = "Oops! Trouble reading this file.\n"
-
-# control → who reads it (control.md §1 and qpy's additions)
-READERS = {
-    "badmailfrom": "qmail-smtpd", "bouncefrom": "qmail-send", "bouncehost": "qmail-send",
-    "concurrencylocal": "qmail-send", "concurrencyremote": "qmail-send",
-    "databytes": "qmail-smtpd, qmail-qmtpd", "defaultdomain": "qmail-inject",
-    "defaulthost": "qmail-inject", "doublebouncehost": "qmail-send",
-    "doublebounceto": "qmail-send", "envnoathost": "qmail-send", "helohost": "qmail-remote",
-    "idhost": "qmail-inject", "localiphost": "qmail-smtpd", "locals": "qmail-send",
-    "me": "every program, as the default of the others", "morercpthosts": "qmail-newmrh",
-    "morercpthosts.cdb": "qmail-smtpd, qmail-qmtpd", "percenthack": "qmail-send",
-    "plusdomain": "qmail-inject", "qmqpservers": "qmail-qmqpc", "queuelifetime": "qmail-send",
-    "rcpthosts": "qmail-smtpd, qmail-qmtpd", "smtpgreeting": "qmail-smtpd",
-    "smtproutes": "qmail-remote", "timeoutconnect": "qmail-remote",
-    "timeoutremote": "qmail-remote", "timeoutsmtpd": "qmail-smtpd",
-    "virtualdomains": "qmail-send", "nameservers": "qmail-remote (qpy.resolver)",
-    "rcptcheck": "qmail-smtpd", "checkpassword": "qmail-smtpd", "servercert.pem": "qmail-smtpd",
-}
+# morercpthosts without rcpthosts: qmail-showctl's own sentences
+NO_RCPTHOSTS = "No rcpthosts; morercpthosts is irrelevant."
+NO_RCPTHOSTS_LINE = "No rcpthosts; doesn't matter that morercpthosts has {}."
 
 
 def safe(data: bytes) -> str:
@@ -63,12 +51,13 @@ def _lines(data: bytes) -> list[bytes]:
 
 
 class Show:
-    """Writes qmail-showctl's paragraphs; cwd is control/."""
+    """Writes qmail-showctl's paragraphs from qpy.controlfiles; cwd is control/."""
 
     def __init__(self, out, readers: bool) -> None:
         self.out = out
         self.readers = readers
         self.me = self.line("me")
+        self.found: dict[str, int] = {}    # list → 1 present, 0 missing, -1 unreadable
 
     def line(self, name: str) -> bytes | None:
         data = _read(name)
@@ -80,14 +69,14 @@ class Show:
     def head(self, name: str) -> None:
         self.out.write(f"\n{name}: ")
 
-    def tail(self, name: str) -> None:
-        if self.readers and name in READERS:
-            self.out.write(f"  (read by {READERS[name]})\n")
+    def tail(self, f: ControlFile) -> None:
+        if self.readers:
+            self.out.write(f"  (read by {', '.join(f.readers)})\n")
 
-    def do_int(self, name: str, default: str, pre: str, post: str) -> None:
-        self.head(name)
+    def do_int(self, f: ControlFile) -> None:
+        self.head(f.name)
         try:
-            value = self.line(name)
+            value = self.line(f.name)
         except OSError:
             self.out.write(OOPS)
             return
@@ -97,50 +86,68 @@ class Show:
                 break
             digits += bytes([ch])
         if not digits:
-            self.out.write(f"(Default.) {pre}{default}{post}.\n")
+            self.out.write(f"(Default.) {f.shown(str(f.default))}\n")
         else:
-            self.out.write(f"{pre}{int(digits)}{post}.\n")
-        self.tail(name)
+            self.out.write(f"{f.shown(str(int(digits)))}\n")
+        self.tail(f)
 
-    def do_str(self, name: str, flagme: bool, default: str, pre: str) -> None:
-        self.head(name)
+    def do_str(self, f: ControlFile) -> None:
+        self.head(f.name)
         try:
-            value = self.line(name)
+            value = self.line(f.name)
         except OSError:
             self.out.write(OOPS)
             return
-        if value is None:
-            self.out.write("(Default.) ")
-            value = self.me if flagme and self.me is not None else default.encode()
-        self.out.write(f"{pre}{safe(value)}.\n")
-        self.tail(name)
+        if value is not None:
+            self.out.write(f"{f.shown(safe(value))}\n")
+        elif f.me and self.me is not None:
+            self.out.write(f"(Default.) {f.shown(safe(self.me))}\n")
+        elif f.absent is not None:
+            self.out.write(f"(Default.) {f.absent}\n")
+        else:   # with no me either, qmail-showctl shows a "default me" file's own name
+            literal = f.default if isinstance(f.default, bytes) else b""
+            self.out.write(f"(Default.) {f.shown(f.name if f.me else safe(literal))}\n")
+        self.tail(f)
 
-    def do_lst(self, name: str, default: str, pre: str, post: str) -> int:
-        self.head(name)
+    def do_lst(self, f: ControlFile) -> None:
+        self.head(f.name)
         try:
-            data = _read(name)
+            data = _read(f.name)
         except OSError:
             self.out.write(OOPS)
-            return -1
+            self.found[f.name] = -1
+            return
         if data is None:
-            self.out.write(f"(Default.) {default}\n")
-            self.tail(name)
-            return 0
-        self.out.write("\n")
-        for line in _lines(data):
-            if line and not line.startswith(b"#"):
-                self.out.write(f"{pre}{safe(line)}{post}\n")
-        self.tail(name)
-        return 1
+            self.out.write(f"(Default.) {f.absent}\n")
+            self.found[f.name] = 0
+        else:
+            self.out.write("\n")
+            for line in _lines(data):
+                if line and not line.startswith(b"#"):
+                    self.out.write(f"{f.shown(safe(line))}\n")
+            self.found[f.name] = 1
+        self.tail(f)
+
+    def do_present(self, f: ControlFile) -> None:
+        self.head(f.name)
+        self.out.write(f"{f.show}\n" if os.path.exists(f.name) else f"(Default.) {f.absent}\n")
+        self.tail(f)
+
+    def do_morercpthosts(self, f: ControlFile) -> None:
+        """A list, but its sentences depend on whether rcpthosts exists."""
+        self.do_lst(f if self.found.get("rcpthosts") else
+                    replace(f, show=NO_RCPTHOSTS_LINE, absent=NO_RCPTHOSTS))
+
+    def do_morercpthosts_cdb(self, f: ControlFile) -> None:
+        self.head(f.name)
+        self.out.write(morercpthosts_cdb(f))
+        self.tail(f)
 
 
-KNOWN = ("badmailfrom", "bouncefrom", "bouncehost", "concurrencylocal", "concurrencyremote",
-         "databytes", "defaultdomain", "defaulthost", "doublebouncehost", "doublebounceto",
-         "envnoathost", "helohost", "idhost", "localiphost", "locals", "me", "morercpthosts",
-         "morercpthosts.cdb", "percenthack", "plusdomain", "qmqpservers", "queuelifetime",
-         "rcpthosts", "smtpgreeting", "smtproutes", "timeoutconnect", "timeoutremote",
-         "timeoutsmtpd", "virtualdomains", "nameservers", "rcptcheck", "checkpassword",
-         "servercert.pem")
+# how a control is shown: by its name if listed here, else by its kind
+SPECIAL = {"morercpthosts": Show.do_morercpthosts, "morercpthosts.cdb": Show.do_morercpthosts_cdb}
+BY_KIND = {"int": Show.do_int, "line": Show.do_str, "list": Show.do_lst, "map": Show.do_lst,
+           "cdb": Show.do_present, "pem": Show.do_present}
 
 
 def ids() -> tuple[list[int], list[int]]:
@@ -183,59 +190,16 @@ def show(out, readers: bool) -> int:
     except OSError:
         out.write("Oops! Trouble reading control/me.")
         return 111
-    s.do_lst("badmailfrom", "Any MAIL FROM is allowed.", "", " not accepted in MAIL FROM.")
-    s.do_str("bouncefrom", False, "MAILER-DAEMON", "Bounce user name is ")
-    s.do_str("bouncehost", True, "bouncehost", "Bounce host name is ")
-    s.do_int("concurrencylocal", "10", "Local concurrency is ", "")
-    s.do_int("concurrencyremote", "20", "Remote concurrency is ", "")
-    s.do_int("databytes", "0", "SMTP DATA limit is ", " bytes")
-    s.do_str("defaultdomain", True, "defaultdomain", "Default domain name is ")
-    s.do_str("defaulthost", True, "defaulthost", "Default host name is ")
-    s.do_str("doublebouncehost", True, "doublebouncehost", "2B recipient host: ")
-    s.do_str("doublebounceto", False, "postmaster", "2B recipient user: ")
-    s.do_str("envnoathost", True, "envnoathost", "Presumed domain name is ")
-    s.do_str("helohost", True, "helohost", "SMTP client HELO host name is ")
-    s.do_str("idhost", True, "idhost", "Message-ID host name is ")
-    s.do_str("localiphost", True, "localiphost", "Local IP address becomes ")
-    s.do_lst("locals", "Messages for me are delivered locally.", "Messages for ",
-             " are delivered locally.")
-    s.do_str("me", False, "undefined! Uh-oh", "My name is ")
-    s.do_lst("percenthack", "The percent hack is not allowed.",
-             "The percent hack is allowed for user%host@", ".")
-    s.do_str("plusdomain", True, "plusdomain", "Plus domain name is ")
-    s.do_lst("qmqpservers", "No QMQP servers.", "QMQP server: ", ".")
-    s.do_int("queuelifetime", "604800", "Message lifetime in the queue is ", " seconds")
-    if s.do_lst("rcpthosts", "SMTP clients may send messages to any recipient.",
-                "SMTP clients may send messages to recipients at ", "."):
-        s.do_lst("morercpthosts", "No effect.", "SMTP clients may send messages to recipients at ",
-                 ".")
-    else:
-        s.do_lst("morercpthosts", "No rcpthosts; morercpthosts is irrelevant.",
-                 "No rcpthosts; doesn't matter that morercpthosts has ", ".")
-    out.write("\nmorercpthosts.cdb: ")
-    out.write(morercpthosts_cdb())
-    s.tail("morercpthosts.cdb")
-    s.do_str("smtpgreeting", True, "smtpgreeting", "SMTP greeting: 220 ")
-    s.do_lst("smtproutes", "No artificial SMTP routes.", "SMTP route: ", "")
-    s.do_int("timeoutconnect", "60", "SMTP client connection timeout is ", " seconds")
-    s.do_int("timeoutremote", "1200", "SMTP client data timeout is ", " seconds")
-    s.do_int("timeoutsmtpd", "1200", "SMTP server data timeout is ", " seconds")
-    s.do_lst("virtualdomains", "No virtual domains.", "Virtual domain: ", "")
-    # qpy's own controls
-    s.do_lst("nameservers", "Using the system resolver configuration.", "Name server: ", ".")
-    s.do_int("rcptcheck", "0", "Unknown local recipients refused at RCPT time (1 = yes): ", "")
-    s.do_str("checkpassword", False, "none", "SMTP AUTH checkpassword command: ")
-    out.write("\nservercert.pem: ")
-    out.write("STARTTLS certificate present.\n" if os.path.exists("servercert.pem")
-              else "(Default.) No STARTTLS.\n")
-    s.tail("servercert.pem")
+    for f in controlfiles.FILES:
+        if f.show is not None:       # declared but not described: neither shown nor unknown
+            SPECIAL.get(f.name, BY_KIND[f.kind])(s, f)
     for name in sorted(names):
-        if name not in KNOWN:
+        if name not in controlfiles.BY_NAME:
             out.write(f"\n{name}: I have no idea what this file does.\n")
     return 0
 
 
-def morercpthosts_cdb() -> str:
+def morercpthosts_cdb(f: ControlFile) -> str:
     """The morercpthosts.cdb freshness paragraph."""
     try:
         src = os.stat("morercpthosts")
@@ -247,13 +211,13 @@ def morercpthosts_cdb() -> str:
         cdb = None
     if src is None:
         if cdb is None:
-            return "(Default.) No effect.\n"
+            return f"(Default.) {f.absent}\n"
         return "Oops! morercpthosts.cdb exists but morercpthosts doesn't.\n"
     if cdb is None:
         return "Oops! morercpthosts exists but morercpthosts.cdb doesn't.\n"
     if src.st_mtime > cdb.st_mtime:
         return "Oops! morercpthosts.cdb is older than morercpthosts.\n"
-    return "Modified recently enough; hopefully up to date.\n"
+    return f"{f.show}\n"
 
 
 @click.command(context_settings=options.CONTEXT)

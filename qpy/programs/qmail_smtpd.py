@@ -59,7 +59,7 @@ import stat
 import sys
 import time
 
-from qpy import auto, control, qmailq, received, smtpio
+from qpy import auto, control, qmailq, received, scan, smtpio
 from qpy.errors import QmailError
 from qpy.rcpthosts import RcptHosts
 from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
@@ -106,9 +106,9 @@ class Config:
         self.badmailfrom = None if bmf is None else frozenset(b.lower() for b in bmf)
         self.databytes = control.read_int("databytes")
         if env.get("DATABYTES") is not None:
-            self.databytes = _ulong(os.fsencode(env["DATABYTES"]))
+            self.databytes = scan.ulong(env["DATABYTES"])
         self.servercert = control.control_path(SERVERCERT)
-        self.rcptcheck = control.read_int("rcptcheck", 0) == 1
+        self.rcptcheck = control.read_int("rcptcheck") == 1
         cpw = env.get("CHECKPASSWORD")
         line = os.fsencode(cpw) if cpw is not None else control.read_line("checkpassword")
         self.checkpassword = [os.fsdecode(w) for w in (line or b"").split()]
@@ -137,16 +137,6 @@ class Config:
         lower = address.lower()
         at = lower.rfind(b"@")
         return lower in self.badmailfrom or (at >= 0 and lower[at:] in self.badmailfrom)
-
-
-def _ulong(text: bytes) -> int:
-    """qmail's scan_ulong: the leading decimal digits, 0 if none."""
-    digits = b""
-    for ch in text:
-        if not 48 <= ch <= 57:
-            break
-        digits += bytes([ch])
-    return int(digits) if digits else 0
 
 
 _CONTROL = bytes(range(32)) + b"\x7f"

@@ -10,11 +10,35 @@ from qpy import control as ctl
 from qpy.errors import ControlError
 
 
-def test_missing_means_default(home):
+def test_missing_means_the_declared_default(home):
     os.unlink(home / "control" / "concurrencylocal")
     assert ctl.read_int("concurrencylocal") == 10
-    assert ctl.read_line("nosuch", b"dflt") == b"dflt"
-    assert ctl.read_list("nosuch") is None
+    assert ctl.read_int("rcptcheck") == 0
+    assert ctl.read_line("bouncefrom") == b"MAILER-DAEMON"
+    assert ctl.read_line("checkpassword") is None
+    assert ctl.read_list("badmailfrom") is None
+    assert ctl.read_map("smtproutes") is None
+
+
+def test_default_me_list_and_host(home):
+    control(home, "me", "m.test\n")
+    os.unlink(home / "control" / "locals")
+    assert ctl.read_list("locals") == [b"m.test"]
+    control(home, "envnoathost", "")
+    assert ctl.read_line_me("envnoathost") == b""
+    assert ctl.read_host("envnoathost") == b"envnoathost"  # empty means the literal
+    os.unlink(home / "control" / "envnoathost")
+    assert ctl.read_host("envnoathost") == b"m.test"
+    os.unlink(home / "control" / "me")
+    assert ctl.read_list("locals") is None
+    assert ctl.read_host("envnoathost") == b"envnoathost"
+
+
+def test_undeclared_name_is_a_programming_error(home):
+    with pytest.raises(KeyError):
+        ctl.read_list("nosuch")
+    with pytest.raises(KeyError):
+        ctl.read_int("nosuch")
 
 
 def test_line_int_list_rules(home):
@@ -35,7 +59,8 @@ def test_default_me(home):
     control(home, "me", "m.test\n")
     assert ctl.read_line_me("bouncehost") == b"m.test"
     os.unlink(home / "control" / "me")
-    assert ctl.read_line_me("bouncehost", b"literal") == b"literal"
+    assert ctl.read_line_me("bouncehost") == b"bouncehost"
+    assert ctl.read_line_me("helohost") is None
 
 
 def test_map_last_duplicate_wins(home):

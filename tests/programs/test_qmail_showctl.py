@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from conftest import control, run
+from qpy import controlfiles
 
 
 def paragraphs(out: bytes) -> dict[bytes, bytes]:
@@ -59,3 +61,71 @@ def test_readers_option_and_missing_home(home):
             b"  (read by qmail-inject)\n") in r.stdout
     r = run(home, "qmail-showctl", env={"QMAILHOME": str(home / "nope")})
     assert r.returncode == 111 and r.stdout.endswith(f"Oops! Unable to chdir to {home}/nope.\n".encode())
+
+
+# Golden texts (tests/data/qmail-showctl/): everything after the header lines, which
+# name the home and the ids.  The paragraphs come from qpy.controlfiles; these pin them.
+DATA = Path(__file__).resolve().parent.parent / "data" / "qmail-showctl"
+EVERY = {
+    "badmailfrom": b"@bad.example\n#c\n\nx@y\n", "bouncefrom": b"bouncer\n",
+    "bouncehost": b"bh.example \t\n", "concurrencylocal": b"5\n", "concurrencyremote": b"abc\n",
+    "databytes": b"1000x\n", "defaultdomain": b"dd\n", "defaulthost": b"dh\x01\xff\n",
+    "doublebouncehost": b"dbh\n", "doublebounceto": b"dbt\n", "envnoathost": b"en\n",
+    "helohost": b"hh\n", "idhost": b"ih\n", "localiphost": b"lh\n", "locals": b"a\nb\n",
+    "percenthack": b"p.example\n", "plusdomain": b"pd\n", "qmqpservers": b"1.2.3.4\n",
+    "queuelifetime": b"99\n", "rcpthosts": b"r1\nr2\n", "morercpthosts": b"m1\n",
+    "smtpgreeting": b"hi there\n", "smtproutes": b":relay\n", "timeoutconnect": b"7\n",
+    "timeoutremote": b"8\n", "timeoutsmtpd": b"9\n", "virtualdomains": b"v:pre\n",
+    "nameservers": b"9.9.9.9\n", "rcptcheck": b"1\n", "checkpassword": b"/bin/cp x\n",
+    "servercert.pem": b"x\n", "frobnicate": b"1\n", "tcp.smtp.cdb": b"",
+    "defaultdelivery": b"./Maildir/\n", "me": b"",
+}
+
+
+def body(out: bytes) -> bytes:
+    return out.split(b"\n\n", 1)[1]
+
+
+def test_golden_defaults(home):
+    r = run(home, "qmail-showctl")
+    assert r.returncode == 0 and body(r.stdout) == (DATA / "defaults.ref").read_bytes()
+
+
+def test_golden_every_file_set(home):
+    for name, data in EVERY.items():
+        control(home, name, data)
+    r = run(home, "qmail-showctl")
+    assert r.returncode == 0 and body(r.stdout) == (DATA / "every.ref").read_bytes()
+
+
+def test_golden_no_controls_at_all(home):
+    for path in (home / "control").iterdir():
+        path.unlink()
+    control(home, "morercpthosts", "m1\nm2\n")
+    r = run(home, "qmail-showctl")
+    assert r.returncode == 0 and body(r.stdout) == (DATA / "empty.ref").read_bytes()
+
+
+def test_golden_readers(home):
+    r = run(home, "qmail-showctl", ["--readers"])
+    assert r.returncode == 0 and body(r.stdout) == (DATA / "readers.ref").read_bytes()
+
+
+def test_every_described_control_has_its_paragraph_and_readers(home):
+    r = run(home, "qmail-showctl", ["--readers"])
+    p = paragraphs(r.stdout)
+    described = [f for f in controlfiles.FILES if f.show is not None]
+    assert list(p) == [f.name.encode() for f in described]
+    for f in described:
+        assert p[f.name.encode()].endswith(f"\n  (read by {', '.join(f.readers)})".encode())
+
+
+def test_unreadable_files_say_oops(home):
+    for name in ("badmailfrom", "bouncehost", "concurrencylocal", "rcpthosts"):
+        (home / "control" / name).unlink(missing_ok=True)
+        (home / "control" / name).mkdir()
+    p = paragraphs(run(home, "qmail-showctl").stdout)
+    for name in (b"badmailfrom", b"bouncehost", b"concurrencylocal", b"rcpthosts"):
+        assert p[name] == name + b": Oops! Trouble reading this file."
+    # an unreadable rcpthosts counts as present, as in qmail-showctl.c
+    assert p[b"morercpthosts"] == b"morercpthosts: (Default.) No effect."

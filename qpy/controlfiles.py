@@ -1,0 +1,238 @@
+"""Control files: every file in QMAILHOME/control/ that qpy knows, each declared once.
+
+One ``ControlFile`` per file: its name, how it is read (its kind), its default,
+which programs read it and one line of meaning, plus qmail-showctl's sentence for
+it.  qpy.control takes every default from here (``control.read_int("concurrencylocal")``
+finds 10 here); qmail-showctl prints its paragraphs from here, in this order;
+docs/controlfiles.md is this table as Markdown (``python3 -m qpy.controlfiles``
+prints it; a test keeps the committed file equal to the rendering).
+
+A name missing from the table is a programming error (KeyError); a test scans qpy/
+for every control file read, so none reaches production.  Reading rules (missing
+file → default, any other error → temporary failure, trailing blanks stripped) are
+qpy.control's.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+# kind → how qpy.control reads it (one line each, for the docs)
+KINDS = {
+    "line": "the first line; an empty file is an empty value",
+    "int": "the first line's leading decimal digits; none (or no file) → the default",
+    "list": "one entry a line; empty lines and lines starting with `#` skipped",
+    "map": "a list of `key:value` lines; keys compared case-insensitively, the last duplicate wins",
+    "cdb": "a constant database, built by the program named in its meaning",
+    "pem": "read only by the TLS library; its presence is what counts",
+}
+
+
+@dataclass(frozen=True)
+class ControlFile:
+    """One control file and everything said about it."""
+
+    name: str
+    kind: str                        # a key of KINDS
+    default: int | bytes | None      # int: the number; line: the literal; None: no value
+    readers: tuple[str, ...]         # the programs that read it
+    meaning: str                     # one line, for the docs
+    me: bool = False                 # "default me": control/me before ``default``
+    required: bool = False           # its reader refuses to run without a value
+    show: str | None = None          # qmail-showctl's sentence, ``{}`` = the value
+    absent: str | None = None        # qmail-showctl's text after ``(Default.) `` if not derived
+
+    def shown(self, value: str) -> str:
+        """qmail-showctl's sentence with ``value`` in place of ``{}``."""
+        pre, _, post = (self.show or "").partition("{}")
+        return pre + value + post
+
+
+SEND = ("qmail-send",)
+SMTPD = ("qmail-smtpd",)
+REMOTE = ("qmail-remote",)
+INJECT = ("qmail-inject",)
+QUALIFY = ("qmail-inject", "newaliases", "fastforward", "dot-forward")
+REWRITE = ("qmail-send", "qmail-smtpd")           # qpy.rewrite; qmail-smtpd with rcptcheck
+SERVERS = ("qmail-smtpd", "qmail-qmtpd")
+
+# qmail-showctl's order: qmail's files (rcpthosts before morercpthosts), then qpy's own,
+# then the conventional files that no program reads.
+FILES: tuple[ControlFile, ...] = (
+    ControlFile("badmailfrom", "list", None, SMTPD,
+                "MAIL FROM senders refused: an address, or `@domain` for a whole domain",
+                show="{} not accepted in MAIL FROM.", absent="Any MAIL FROM is allowed."),
+    ControlFile("bouncefrom", "line", b"MAILER-DAEMON", SEND,
+                "user part of a bounce's `From:`",
+                show="Bounce user name is {}."),
+    ControlFile("bouncehost", "line", b"bouncehost", SEND,
+                "host part of a bounce's `From:`",
+                me=True, show="Bounce host name is {}."),
+    ControlFile("concurrencylocal", "int", 10, SEND,
+                "local deliveries at once (0 holds them; at most the silent limit, 120)",
+                show="Local concurrency is {}."),
+    ControlFile("concurrencyremote", "int", 20, SEND,
+                "remote deliveries at once (0 holds them; at most the silent limit, 120)",
+                show="Remote concurrency is {}."),
+    ControlFile("databytes", "int", 0, SERVERS,
+                "largest message accepted, in bytes; 0 = unlimited; $DATABYTES overrides",
+                show="SMTP DATA limit is {} bytes."),
+    ControlFile("defaultdomain", "line", b"defaultdomain", QUALIFY,
+                "domain appended to a host name without a dot; $QMAILDEFAULTDOMAIN overrides",
+                me=True, show="Default domain name is {}."),
+    ControlFile("defaulthost", "line", b"defaulthost", QUALIFY,
+                "host appended to an address without `@`; $QMAILDEFAULTHOST overrides",
+                me=True, show="Default host name is {}."),
+    ControlFile("doublebouncehost", "line", b"doublebouncehost", SEND,
+                "host part of the double-bounce recipient",
+                me=True, show="2B recipient host: {}."),
+    ControlFile("doublebounceto", "line", b"postmaster", SEND,
+                "user part of the double-bounce recipient",
+                show="2B recipient user: {}."),
+    ControlFile("envnoathost", "line", b"envnoathost", REWRITE,
+                "domain appended to an envelope recipient without `@`",
+                me=True, show="Presumed domain name is {}."),
+    ControlFile("helohost", "line", None, REMOTE,
+                "qmail-remote's HELO argument",
+                me=True, required=True, show="SMTP client HELO host name is {}."),
+    ControlFile("idhost", "line", b"idhost", INJECT,
+                "host part of a new Message-ID; $QMAILIDHOST overrides",
+                me=True, show="Message-ID host name is {}."),
+    ControlFile("localiphost", "line", None, SMTPD,
+                "replaces `[own IP]` as a recipient's domain",
+                me=True, show="Local IP address becomes {}."),
+    ControlFile("locals", "list", None, REWRITE,
+                "domains delivered locally",
+                me=True, required=True, show="Messages for {} are delivered locally.",
+                absent="Messages for me are delivered locally."),
+    ControlFile("me", "line", None,
+                ("qmail-send", "qmail-smtpd", "qmail-remote", "qmail-inject", "newaliases",
+                 "fastforward", "dot-forward", "qpy"),
+                "this host's fully qualified name; the default of the files marked me",
+                show="My name is {}.", absent="My name is undefined! Uh-oh."),
+    ControlFile("percenthack", "list", None, REWRITE,
+                "domains where `user%host@domain` becomes `user@host`",
+                show="The percent hack is allowed for user%host@{}.",
+                absent="The percent hack is not allowed."),
+    ControlFile("plusdomain", "line", b"plusdomain", QUALIFY,
+                "domain appended to an address ending in `+`; $QMAILPLUSDOMAIN overrides",
+                me=True, show="Plus domain name is {}."),
+    ControlFile("qmqpservers", "list", None, ("qmail-qmqpc",),
+                "QMQP servers' IP addresses, tried in order",
+                required=True, show="QMQP server: {}.", absent="No QMQP servers."),
+    ControlFile("queuelifetime", "int", 604800, SEND,
+                "seconds in the queue before a temporary failure becomes permanent",
+                show="Message lifetime in the queue is {} seconds."),
+    ControlFile("rcpthosts", "list", None, SERVERS,
+                "domains accepted in RCPT (`.domain`: its subdomains); no file accepts all:"
+                " an open relay",
+                show="SMTP clients may send messages to recipients at {}.",
+                absent="SMTP clients may send messages to any recipient."),
+    ControlFile("morercpthosts", "list", None, ("qmail-newmrh",),
+                "more rcpthosts, compiled into morercpthosts.cdb by qmail-newmrh",
+                show="SMTP clients may send messages to recipients at {}.", absent="No effect."),
+    ControlFile("morercpthosts.cdb", "cdb", None, SERVERS,
+                "morercpthosts as a cdb (built by qmail-newmrh); consulted only if rcpthosts exists",
+                show="Modified recently enough; hopefully up to date.", absent="No effect."),
+    ControlFile("smtpgreeting", "line", None, SMTPD,
+                "text after `220 ` in the greeting; its first word is the host name",
+                me=True, required=True, show="SMTP greeting: 220 {}."),
+    ControlFile("smtproutes", "map", None, REMOTE,
+                "`domain:relay[:port]` routes; an empty relay = MX; the empty domain = every host",
+                show="SMTP route: {}", absent="No artificial SMTP routes."),
+    ControlFile("timeoutconnect", "int", 60, REMOTE,
+                "seconds qmail-remote waits for a connection (0 → 1)",
+                show="SMTP client connection timeout is {} seconds."),
+    ControlFile("timeoutremote", "int", 1200, REMOTE,
+                "seconds qmail-remote waits for each read or write (0 → 1)",
+                show="SMTP client data timeout is {} seconds."),
+    ControlFile("timeoutsmtpd", "int", 1200, SMTPD,
+                "seconds qmail-smtpd waits for each read (0 → 1)",
+                show="SMTP server data timeout is {} seconds."),
+    ControlFile("virtualdomains", "map", None, REWRITE,
+                "`domain:prefix` or `user@domain:prefix`: deliver locally to `prefix-address`;"
+                " an empty prefix is an exception",
+                show="Virtual domain: {}", absent="No virtual domains."),
+    # qpy's own
+    ControlFile("nameservers", "list", None, ("qmail-remote", "tcpserver", "rblsmtpd"),
+                "DNS servers (`ip`, `ip:port`, `[ipv6]:port`), one a line; $QPY_NAMESERVERS"
+                " overrides; no file = the system's resolver configuration",
+                show="Name server: {}.", absent="Using the system resolver configuration."),
+    ControlFile("rcptcheck", "int", 0, SMTPD,
+                "1 = refuse RCPT of a local address that has no mailbox",
+                show="Unknown local recipients refused at RCPT time (1 = yes): {}."),
+    ControlFile("checkpassword", "line", None, SMTPD,
+                "SMTP AUTH's checkpassword program and its arguments; $CHECKPASSWORD overrides",
+                show="SMTP AUTH checkpassword command: {}.",
+                absent="SMTP AUTH checkpassword command: none."),
+    ControlFile("servercert.pem", "pem", None, SMTPD,
+                "certificate chain and key for STARTTLS; no file, no STARTTLS",
+                show="STARTTLS certificate present.", absent="No STARTTLS."),
+    ControlFile("tcp.smtp.cdb", "cdb", None, ("tcpserver",),
+                "the SMTP service's tcprules, built by tcprules; `tcpserver -x` in qpy install's"
+                " run script"),
+    # conventional (Life with qmail); no program reads them
+    ControlFile("defaultdelivery", "line", None, (),
+                "the default delivery a startup script passes to qmail-start as argv[1]"),
+    ControlFile("concurrencyincoming", "int", None, (),
+                "the `tcpserver -c` limit a startup script gives the SMTP service"),
+)
+
+BY_NAME: dict[str, ControlFile] = {f.name: f for f in FILES}
+
+
+def entry(name: str) -> ControlFile:
+    """The declaration of control/<name>; KeyError (a programming error) if there is none."""
+    return BY_NAME[name]
+
+
+def default_text(f: ControlFile) -> str:
+    """The default column of the docs table."""
+    if isinstance(f.default, int):
+        text = str(f.default)
+    elif f.default is not None:
+        text = f"`{f.default.decode()}`"
+    else:
+        text = "none"
+    if f.me:
+        text = "me" if f.default is None else f"me, else {text}"
+    return text + (" (*required*)" if f.required else "")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown() -> str:
+    """docs/controlfiles.md: the kinds, then one table row per control file."""
+    lines = [
+        "# Control files",
+        "",
+        "<!-- Generated from qpy/controlfiles.py by `python3 -m qpy.controlfiles`; do not edit. -->",
+        "",
+        "Every file in `QMAILHOME/control/` that qpy knows, in qmail-showctl's order. A missing",
+        "file means its default; any other trouble reading it is a temporary failure. Trailing",
+        "spaces, tabs and newlines are stripped from every line. *me* as a default means the first",
+        "line of `control/me`, then the literal shown; *required*: without a value the reader",
+        "refuses to run.",
+        "",
+        "| type | read as |",
+        "|---|---|",
+    ]
+    lines += [f"| {kind} | {_cell(text)} |" for kind, text in KINDS.items()]
+    lines += ["", "| file | type | default | read by | meaning |", "|---|---|---|---|---|"]
+    for f in FILES:
+        readers = ", ".join(f.readers) or "no program"
+        lines.append(f"| {f.name} | {f.kind} | {_cell(default_text(f))} | {readers} "
+                     f"| {_cell(f.meaning)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    """Print docs/controlfiles.md."""
+    sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
