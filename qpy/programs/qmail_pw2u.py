@@ -23,7 +23,7 @@ import os
 import sys
 from typing import BinaryIO
 
-from qpy import auto
+from qpy import auto, scan
 from qpy.errors import Exit
 
 USAGE = "qmail-pw2u [ -/ohHuUC ] [ -cchar ]"
@@ -91,12 +91,7 @@ class Pw2u:
         if len(fields) < 7:
             return
         user, uidstr, gidstr, home = fields[0], fields[2], fields[3], fields[5]
-        digits = b""
-        for ch in uidstr:
-            if not 48 <= ch <= 57:
-                break
-            digits += bytes([ch])
-        uid = int(digits) if digits else 0
+        uid = scan.ulong(uidstr)
         if not uid:
             return
         if self.o.noupper and user != user.lower():

@@ -26,7 +26,7 @@ import os
 import signal
 import time
 
-from qpy import auto, control, fdio, netstring, qmailq, received, rcpthosts
+from qpy import auto, control, fdio, netstring, qmailq, received, rcpthosts, scan
 from qpy.errors import QmailError
 from qpy.exitcodes import qq_text
 
@@ -50,11 +50,6 @@ def _env(name: str) -> bytes | None:
     return os.environb.get(name.encode())
 
 
-def _ulong(text: bytes) -> int:
-    digits = text[:len(text) - len(text.lstrip(b"0123456789"))]
-    return int(digits) if digits else 0
-
-
 class Session:
     """One connection: configuration read once, then messages until EOF."""
 
@@ -69,7 +64,7 @@ class Session:
             raise Resources()
         value = _env("DATABYTES")
         if value is not None:
-            self.databytes = _ulong(value)
+            self.databytes = scan.ulong(value)
         self.relayclient = _env("RELAYCLIENT")
         self.header = received.tcp_peer()
 

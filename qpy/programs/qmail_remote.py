@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import stat
 
-from qpy import addr, auto, control, fdio, mx, smtpclient
+from qpy import addr, auto, control, fdio, mx, scan, smtpclient
 from qpy.errors import ControlError, QmailError
 from qpy.smtpclient import Connection, Dropped, PartialLine
 from qpy.tcpto import Tcpto
@@ -102,12 +102,8 @@ def parse_relay(value: bytes) -> tuple[bytes | None, int]:
 
 def _port(text: bytes) -> int:
     """Leading decimal digits as a port; none → 25."""
-    digits = b""
-    for ch in text:
-        if not 48 <= ch <= 57:
-            break
-        digits += bytes([ch])
-    return int(digits) if digits and 0 < int(digits) < 65536 else PORT
+    port = scan.ulong(text)
+    return port if 0 < port < 65536 else PORT
 
 
 def smtp_address(address: bytes) -> bytes:

@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from qpy import scan
+
 CHUNK = 800                 # syslog truncates long lines; keep qmail's 799 + NUL
 INFO, WARNING, ALERT = 6, 4, 1  # LOG_INFO, LOG_WARNING, LOG_ALERT
 LOG_MAIL = 2
@@ -73,22 +75,12 @@ class Splitter:
         return out
 
 
-def facility_of(arg: str) -> int:
-    """The leading decimal digits of ``arg`` (scan_ulong), 0 if none."""
-    digits = ""
-    for ch in arg:
-        if not ch.isdigit() or not ch.isascii():
-            break
-        digits += ch
-    return int(digits) if digits else 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Log stdin's lines to syslog."""
     import syslog
     argv = sys.argv[1:] if argv is None else argv
     tag = argv[0] if argv else "splogger"
-    facility = facility_of(argv[1]) if len(argv) > 1 else LOG_MAIL
+    facility = scan.ulong(argv[1]) if len(argv) > 1 else LOG_MAIL
     syslog.openlog(tag, 0, facility << 3)
     splitter = Splitter()
     while True:

@@ -36,28 +36,16 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from qpy import chain, errstr, fdio, prot, tcpenv, tcprules, warm
-from qpy.errors import CdbError, QmailError
+from qpy import chain, errstr, fdio, prot, scan, tcpenv, tcprules, warm
+from qpy.errors import CdbError, Exit, QmailError
 
 USAGE = ("tcpserver: usage: tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] "
          "[ -B banner ] [ -g gid ] [ -u uid ] [ -b backlog ] [ -l localname ] [ -t timeout ] "
          "host port program")
-FATAL = "tcpserver: fatal: "
-DROP = "tcpserver: warning: dropping connection, "
+FATAL = "tcpserver: fatal: "                              # an Exit before serving
+DROP = "tcpserver: warning: dropping connection, "        # an Exit in a connection's child
 OPTSTRING = "dDvqQhHrR1UXx:t:u:g:l:b:B:c:pPoO4"
 DNS_TIMEOUT = 30.0
-
-
-class Usage(Exception):
-    """Bad command line: exit 100."""
-
-
-class Fatal(Exception):
-    """The server cannot start: exit 111 with ``tcpserver: fatal: <text>``."""
-
-
-class Drop(Exception):
-    """This connection cannot be served: the child exits 111 with a warning."""
 
 
 @dataclass
@@ -83,16 +71,6 @@ class Options:
     ipv4_only: bool = False
 
 
-def scan_ulong(text: str) -> int:
-    """djb's scan_ulong: the leading decimal digits, 0 if none."""
-    digits = ""
-    for ch in text:
-        if not "0" <= ch <= "9":
-            break
-        digits += ch
-    return int(digits) if digits else 0
-
-
 _FLAGS = {
     "-d": ("delay", True), "-D": ("delay", False), "-v": ("verbosity", 2),
     "-q": ("verbosity", 0), "-Q": ("verbosity", 1), "-p": ("paranoid", True),
@@ -105,17 +83,17 @@ _NUMBERS = {"-c": "limit", "-b": "backlog", "-t": "timeout", "-u": "uid", "-g": 
 
 
 def parse_args(argv: list[str]) -> tuple[Options, str, str, list[str]]:
-    """argv → (options, host, port, program argv).  Raises Usage."""
+    """argv → (options, host, port, program argv).  Raises Exit(100)."""
     try:
         pairs, rest = getopt.getopt(argv, OPTSTRING)
     except getopt.GetoptError:
-        raise Usage()
+        raise Exit(100, USAGE)
     opts = Options()
     for flag, value in pairs:
         if flag in _FLAGS:
             setattr(opts, *_FLAGS[flag])
         elif flag in _NUMBERS:
-            setattr(opts, _NUMBERS[flag], scan_ulong(value))
+            setattr(opts, _NUMBERS[flag], scan.ulong(value))
         elif flag == "-x":
             opts.rules = value
         elif flag == "-B":
@@ -123,10 +101,10 @@ def parse_args(argv: list[str]) -> tuple[Options, str, str, list[str]]:
         elif flag == "-l":
             opts.local_host = value
         elif flag == "-U":
-            opts.uid = scan_ulong(os.environ.get("UID", str(opts.uid)))
-            opts.gid = scan_ulong(os.environ.get("GID", str(opts.gid)))
+            opts.uid = scan.ulong(os.environ.get("UID", str(opts.uid)))
+            opts.gid = scan.ulong(os.environ.get("GID", str(opts.gid)))
     if len(rest) < 3:
-        raise Usage()
+        raise Exit(100, USAGE)
     return opts, rest[0], rest[1], rest[2:]
 
 
@@ -158,17 +136,17 @@ def safe(value: str | None, colons: bool = False) -> str:
 
 
 def port_number(text: str) -> int:
-    """A port argument: all digits (empty = 0), else a /etc/services name.  Raises Fatal."""
+    """A port argument: all digits (empty = 0), else a /etc/services name.  Raises Exit(111)."""
     if text == "" or text.isdigit():
         return int(text or 0)
     try:
         return socket.getservbyname(text, "tcp")
     except OSError:
-        raise Fatal(f"unable to figure out port number for {text}")
+        raise Exit(111, f"unable to figure out port number for {text}")
 
 
 def bind_address(host: str, ipv4_only: bool) -> list[tuple[int, str]]:
-    """The (family, address) choices to bind for ``host``, best first.  Raises Fatal."""
+    """The (family, address) choices to bind for ``host``, best first.  Raises Exit(111)."""
     if host in ("", "0"):
         return [(socket.AF_INET, "0.0.0.0")] if ipv4_only else [
             (socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
@@ -182,17 +160,17 @@ def bind_address(host: str, ipv4_only: bool) -> list[tuple[int, str]]:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
-            raise Fatal(f"no IP address for {host}")
-        raise Fatal(f"temporarily unable to figure out IP address for {host}: {e.strerror}")
+            raise Exit(111, f"no IP address for {host}")
+        raise Exit(111, f"temporarily unable to figure out IP address for {host}: {e.strerror}")
     for want in (socket.AF_INET, socket.AF_INET6):
         for family, _, _, _, addr in infos:
             if family == want:
                 return [(family, addr[0])]
-    raise Fatal(f"no IP address for {host}")
+    raise Exit(111, f"no IP address for {host}")
 
 
 def listen(host: str, port: int, opts: Options) -> socket.socket:
-    """Create, bind (SO_REUSEADDR) and listen.  Raises Fatal."""
+    """Create, bind (SO_REUSEADDR) and listen.  Raises Exit(111)."""
     choices = bind_address(host, opts.ipv4_only)
     for i, (family, address) in enumerate(choices):
         last = i == len(choices) - 1
@@ -200,7 +178,7 @@ def listen(host: str, port: int, opts: Options) -> socket.socket:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as e:
             if last:
-                raise Fatal(f"unable to create socket: {errstr.text(e)}")
+                raise Exit(111, f"unable to create socket: {errstr.text(e)}")
             continue
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -210,28 +188,28 @@ def listen(host: str, port: int, opts: Options) -> socket.socket:
         except OSError as e:
             sock.close()
             if last or e.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                raise Fatal(f"unable to bind: {errstr.text(e)}")
+                raise Exit(111, f"unable to bind: {errstr.text(e)}")
             continue
         try:
             sock.listen(opts.backlog)
         except OSError as e:
-            raise Fatal(f"unable to listen: {errstr.text(e)}")
+            raise Exit(111, f"unable to listen: {errstr.text(e)}")
         return sock
-    raise Fatal("unable to bind: address not available")
+    raise Exit(111, "unable to bind: address not available")
 
 
 def drop_privileges(opts: Options) -> None:
-    """-g then -u, as ucspi-tcp does right after binding.  Raises Fatal."""
+    """-g then -u, as ucspi-tcp does right after binding.  Raises Exit(111)."""
     if opts.gid:
         try:
             prot.set_gid(opts.gid)
         except OSError as e:
-            raise Fatal(f"unable to set gid: {errstr.text(e)}")
+            raise Exit(111, f"unable to set gid: {errstr.text(e)}")
     if opts.uid:
         try:
             prot.set_uid(opts.uid)
         except OSError as e:
-            raise Fatal(f"unable to set uid: {errstr.text(e)}")
+            raise Exit(111, f"unable to set uid: {errstr.text(e)}")
 
 
 # ---------------------------------------------------------------- child
@@ -267,7 +245,7 @@ def set_environ(values: dict[str, str | None]) -> None:
 
 
 def apply_rules(conn: tcpenv.Connection, opts: Options) -> bool:
-    """Look the client up in -x; set the rule's variables; return True if denied.  Raises Drop."""
+    """Look the client up in -x; set the rule's variables; return True if denied.  Raises Exit."""
     if opts.rules is None:
         return False
     enc = os.fsencode
@@ -280,7 +258,7 @@ def apply_rules(conn: tcpenv.Connection, opts: Options) -> bool:
         if isinstance(cause, FileNotFoundError) and opts.allow_norules:
             return False
         reason = errstr.text(cause) if isinstance(cause, OSError) else errstr.text(errno.EPROTO)
-        raise Drop(f"unable to read {opts.rules}: {reason}")
+        raise Exit(111, f"unable to read {opts.rules}: {reason}")
     if found is None:
         return False
     rule = tcprules.decode(found[1])
@@ -301,7 +279,7 @@ def status_line(word: str, conn: tcpenv.Connection) -> str:
 
 
 def setup(csock: socket.socket, remote: tuple, opts: Options, log: Log) -> bool:
-    """Everything between accept and the program; return True if the rules deny.  Raises Drop."""
+    """Everything between accept and the program; return True if the rules deny.  Raises Exit."""
     log.write(f"tcpserver: pid {os.getpid()} from {tcpenv.ip_text(remote[0])[0]}", 2)
     if opts.kill_options and csock.family == socket.AF_INET:
         try:
@@ -317,11 +295,11 @@ def setup(csock: socket.socket, remote: tuple, opts: Options, log: Log) -> bool:
         try:
             csock.sendall(opts.banner)
         except OSError as e:
-            raise Drop(f"unable to print banner: {errstr.text(e)}")
+            raise Exit(111, f"unable to print banner: {errstr.text(e)}")
     try:
         conn = tcpenv.Connection.from_socket(csock, remote)
     except OSError as e:
-        raise Drop(f"unable to get local address: {errstr.text(e)}")
+        raise Exit(111, f"unable to get local address: {errstr.text(e)}")
     describe(conn, opts)
     set_environ(conn.environ())
     deny = apply_rules(conn, opts)
@@ -370,9 +348,9 @@ def child(csock: socket.socket, remote: tuple, closing: list[int], opts: Options
             os.close(fd)
         try:
             code = 100 if setup(csock, remote, opts, log) else -1
-        except Drop as e:
-            log.write(DROP + str(e))
-            code = 111
+        except Exit as e:
+            log.write(DROP + e.text)
+            code = e.code
         if code == -1:
             fd = csock.detach()
             os.set_blocking(fd, True)
@@ -460,18 +438,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts, host, port_text, prog = parse_args(argv)
-    except Usage:
-        os.write(2, (USAGE + "\n").encode())
-        return 100
+    except Exit as e:
+        os.write(2, (e.text + "\n").encode())
+        return e.code
     log = Log(opts.verbosity)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         sock = listen(host, port_number(port_text), opts)
         drop_privileges(opts)
-    except Fatal as e:
-        log.write(FATAL + str(e))
-        return 111
+    except Exit as e:
+        log.write(FATAL + e.text)
+        return e.code
     if opts.print_port:
         os.write(1, b"%d\n" % sock.getsockname()[1])
     if opts.remote_host or opts.local_host is None:

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from conftest import need_root
-from qpy.programs.splogger import ALERT, INFO, WARNING, Splitter, facility_of
+from qpy.programs.splogger import ALERT, INFO, WARNING, Splitter
 
 
 def test_priorities_stamps_and_blank_lines():
@@ -33,10 +33,6 @@ def test_unprintables_long_lines_and_partial_input():
     assert out[1] == (WARNING, "9.000000+" + "w" * 799)
     assert out[2] == (WARNING, "9.000000+" + "w" * 114)
     assert s.feed(b"tail") == [] and s.end() == [(INFO, "9.000000 tail")]
-
-
-def test_facility_argument():
-    assert facility_of("3") == 3 and facility_of("16x") == 16 and facility_of("x") == 0
 
 
 def test_real_syslog_socket(tmp_path):
