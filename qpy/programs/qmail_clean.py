@@ -31,10 +31,6 @@ CLEANUP_EVERY = 30
 MIN_LEN, MAX_LEN = 7, 100   # request length including its NUL
 
 
-class ReplyFailed(Exception):
-    """The reply could not be written: qmail-send is gone."""
-
-
 def cleanup_pid(now: float) -> None:
     """Unlink pid/* files whose atime is at least OSSIFIED seconds old."""
     try:
@@ -85,14 +81,12 @@ def handle(request: bytes) -> bytes:
     return b"+" if _remove(queuedir.intd(msgid), last) else b"!"
 
 
-def _reply(fd: int, byte: bytes) -> None:
-    """Write one reply byte."""
+def _reply(fd: int, byte: bytes) -> bool:
+    """Write one reply byte; False if it could not be written (qmail-send is gone)."""
     try:
-        if os.write(fd, byte) == 1:
-            return
+        return os.write(fd, byte) == 1
     except OSError:
-        pass
-    raise ReplyFailed
+        return False
 
 
 def serve(fd_in: int, fd_out: int) -> int:
@@ -114,9 +108,7 @@ def serve(fd_in: int, fd_out: int) -> int:
                 return 0  # EOF (a partial request at EOF is dropped)
             buf += chunk
         request, buf = buf.split(b"\0", 1)
-        try:
-            _reply(fd_out, handle(request))
-        except ReplyFailed:
+        if not _reply(fd_out, handle(request)):
             return 100
 
 

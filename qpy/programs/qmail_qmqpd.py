@@ -22,6 +22,7 @@ import signal
 import time
 
 from qpy import fdio, netstring, qmailq, received
+from qpy.errors import Exit
 
 ALARM = 3600
 OUTER_DIGITS = 100
@@ -29,12 +30,8 @@ MAX_ADDR = 1000
 BAD_ADDRESS = "Dsorry, I can't accept addresses like that (#5.1.3)"
 
 
-class Resources(Exception):
-    """qmail's resources(): exit 111."""
-
-
 def _alarm(signum: int, frame: object) -> None:
-    raise Resources()
+    raise Exit(111)       # qmail's resources()
 
 
 def received_line() -> bytes:
@@ -63,7 +60,7 @@ def receive(stream: netstring.Stream) -> str:
     try:
         job = qmailq.start()
     except OSError:
-        raise Resources()
+        raise Exit(111)
     try:
         job.put(received_line())
         for chunk in stream.chunks(size):
@@ -104,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except netstring.ProtocolError:
         return 100
-    except (netstring.TooLong, Resources, MemoryError):
+    except (netstring.TooLong, MemoryError):
         return 111
+    except Exit as e:
+        return e.code
     finally:
         signal.alarm(0)

@@ -27,7 +27,7 @@ import signal
 import time
 
 from qpy import auto, control, fdio, netstring, qmailq, received, rcpthosts, scan
-from qpy.errors import QmailError
+from qpy.errors import Exit, QmailError
 from qpy.exitcodes import qq_text
 
 ALARM = 3600
@@ -38,12 +38,8 @@ BAD_SENDER = "Dunacceptable sender (#5.1.7)"
 TOO_BIG = "Dsorry, that message size exceeds my databytes limit (#5.3.4)"
 
 
-class Resources(Exception):
-    """qmail's resources(): exit 111."""
-
-
 def _alarm(signum: int, frame: object) -> None:
-    raise Resources()
+    raise Exit(111)       # qmail's resources()
 
 
 def _env(name: str) -> bytes | None:
@@ -61,7 +57,7 @@ class Session:
             self.rcpthosts = rcpthosts.RcptHosts()
             self.databytes = control.read_int("databytes")
         except QmailError:
-            raise Resources()
+            raise Exit(111)
         value = _env("DATABYTES")
         if value is not None:
             self.databytes = scan.ulong(value)
@@ -158,7 +154,7 @@ class Session:
                         if not self.rcpthosts.accepts(addr):
                             failure = NOT_RCPTHOST
                     except QmailError:
-                        raise Resources()
+                        raise Exit(111)
                 out.append((None if failure else addr, failure))
             self.stream.comma()
             total -= n + 1
@@ -173,7 +169,7 @@ class Session:
         try:
             job = qmailq.start()
         except OSError:
-            raise Resources()
+            raise Exit(111)
         try:
             fits = self.body(job, size)
             self.stream.comma()
@@ -217,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except netstring.ProtocolError:
         return 100
-    except (netstring.TooLong, Resources, MemoryError):
+    except (netstring.TooLong, MemoryError):
         return 111
+    except Exit as e:
+        return e.code
     finally:
         signal.alarm(0)
     return 0

@@ -24,12 +24,9 @@ import os
 import sys
 
 from qpy import auto, prot, warm
+from qpy.errors import Exit
 
 DEFAULT_DELIVERY = "./Mailbox"
-
-
-class StartFail(Exception):
-    """Something qmail-start needs failed: exit 111."""
 
 
 class Ids:
@@ -42,7 +39,7 @@ class Ids:
         gidq = prot.lookup_group(auto.GROUP_QMAIL)
         gidn = prot.lookup_group(auto.GROUP_NOFILES)
         if gidq is None or gidn is None:
-            raise StartFail("missing group")
+            raise Exit(111, "missing group")
         self.gid_qmail, self.gid_nofiles = gidq, gidn
         self.accounts = {name: prot.account(name, True)
                          for name in (auto.QMAILL, auto.QMAILQ, auto.QMAILR, auto.QMAILS)}
@@ -75,11 +72,11 @@ def _child(ids: Ids, account: str | None, fds: dict[int, int], program: str,
 
 
 def _fork() -> int:
-    """fork, or StartFail."""
+    """fork, or Exit(111)."""
     try:
         return os.fork()
     except OSError as e:
-        raise StartFail("fork") from e
+        raise Exit(111, "fork") from e
 
 
 def start_logger(ids: Ids, argv: list[str]) -> None:
@@ -108,7 +105,7 @@ def start(argv: list[str]) -> int:
     try:
         os.chdir("/")
     except OSError as e:
-        raise StartFail("chdir") from e
+        raise Exit(111, "chdir") from e
     prot.set_umask(0o077)
     ids.become(None)
     for fd in range(2, 7):
@@ -136,5 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return start(argv)
+    except Exit as e:
+        return e.code
     except Exception:
         return 111

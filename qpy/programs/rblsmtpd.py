@@ -33,7 +33,7 @@ import dns.exception
 import dns.resolver
 
 from qpy import chain, errstr, fdio, resolver
-from qpy.errors import QmailError
+from qpy.errors import Exit, QmailError, TempFail
 
 USAGE = ("rblsmtpd: usage: rblsmtpd [ -b ] [ -B ] [ -c ] [ -C ] [ -t timeout ] -r base "
          "[ -r base ... ] [ -a base ] smtpd [ arg ... ]")
@@ -41,14 +41,6 @@ LOOKUP_TIMEOUT = 30.0
 ACCEPT, REJECT, BOUNCE = 1, 2, 3
 HOST = b"rblsmtpd.local"
 REPLIES = {b"helo": b"250", b"ehlo": b"250", b"mail": b"250", b"rset": b"250", b"noop": b"250"}
-
-
-class Usage(Exception):
-    """Bad command line: exit 100."""
-
-
-class TempDNS(Exception):
-    """A DNS lookup failed temporarily."""
 
 
 def reverse(ip: str) -> str:
@@ -75,7 +67,7 @@ class Lookups:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return None
         except (dns.exception.DNSException, ValueError) as e:
-            raise TempDNS(str(e))
+            raise TempFail(str(e))
 
     def txt(self, name: str) -> bytes:
         """Every TXT string of ``name`` concatenated (djb's dns_txt); b"" if none."""
@@ -120,7 +112,7 @@ class Decision:
             return
         try:
             text = self._looked_up().txt(self.prefix + base)
-        except TempDNS:
+        except TempFail:
             self.must_not_bounce = True
             if self.fail_closed:
                 self.text, self.decision = b"temporary RBL lookup error", REJECT
@@ -134,7 +126,7 @@ class Decision:
             return
         try:
             listed = self._looked_up().has_a(self.prefix + base)
-        except TempDNS:
+        except TempFail:
             self.must_not_bounce = True
             if not self.fail_closed:
                 self.decision = ACCEPT
@@ -148,7 +140,7 @@ class Decision:
             try:
                 self.lookups = Lookups()
             except (QmailError, OSError, ValueError, dns.exception.DNSException) as e:
-                raise TempDNS(str(e))
+                raise TempFail(str(e))
         return self.lookups
 
     def message(self) -> bytes:
@@ -159,13 +151,16 @@ class Decision:
 
 def decide(argv: list[str], env: dict[bytes, bytes], lookups: Lookups | None = None
            ) -> tuple[Decision, int, list[str]]:
-    """Parse options, running lookups as they come; return (decision, timeout, prog argv)."""
+    """Parse options, running lookups as they come; return (decision, timeout, prog argv).
+
+    Raises Exit(100) with the usage line.
+    """
     try:
         pairs, prog = getopt.getopt(argv, "bBcCt:r:a:")
     except getopt.GetoptError:
-        raise Usage()
+        raise Exit(100, USAGE)
     if not prog or not any(flag == "-r" for flag, _ in pairs):
-        raise Usage()
+        raise Exit(100, USAGE)
     state = Decision(os.fsdecode(env.get(b"TCPREMOTEIP", b"")), lookups)
     state.from_env(env.get(b"RBLSMTPD"))
     timeout = 60
@@ -184,12 +179,8 @@ def decide(argv: list[str], env: dict[bytes, bytes], lookups: Lookups | None = N
     return state, timeout, prog
 
 
-class _Timeout(Exception):
-    pass
-
-
 def _alarm(signum: int, frame: object) -> None:
-    raise _Timeout()
+    raise TimeoutError()
 
 
 def commands(fd_in: int, fd_out: int, message: bytes) -> None:
@@ -230,7 +221,7 @@ def blocked(state: Decision, timeout: int) -> int:
             commands(0, 1, message)
         finally:
             signal.alarm(0)
-    except (_Timeout, OSError):
+    except OSError:     # the client went away, or the timeout (TimeoutError) rang
         pass
     return 0
 
@@ -240,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         state, timeout, prog = decide(argv, dict(os.environb))
-    except Usage:
-        os.write(2, (USAGE + "\n").encode())
-        return 100
+    except Exit as e:
+        os.write(2, (e.text + "\n").encode())
+        return e.code
     if state.decision >= REJECT:
         return blocked(state, timeout)
     try:

@@ -20,6 +20,7 @@ import os
 import sys
 
 from qpy import auto, warm
+from qpy.errors import Exit
 
 NAME = "sendmail"
 USAGE = "sendmail [ -t ] [ -fsender ] [ -Fname ] [ -bp ] [ -bs ] [ arg ... ]"
@@ -30,12 +31,11 @@ SMTPD_ENV = {"RELAYCLIENT": "", "DATABYTES": "0", "PROTO": "TCP", "TCPLOCALIP": 
              "TCPREMOTEHOST": "localhost", "TCPREMOTEINFO": "sendmail-bs"}
 
 
-class Usage(Exception):
-    """Bad command line."""
-
-
 def getopt(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """qmail's getopt for "vimte:f:p:o:B:F:EJxb:": -E and -J swallow the rest of their word."""
+    """qmail's getopt for "vimte:f:p:o:B:F:EJxb:": -E and -J swallow the rest of their word.
+
+    Raises Exit(100) with the usage line.
+    """
     opts: list[tuple[str, str]] = []
     i = 0
     while i < len(argv):
@@ -55,12 +55,12 @@ def getopt(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
                 else:
                     i += 1
                     if i >= len(argv):
-                        raise Usage(f"option -{ch} needs an argument")
+                        raise Exit(100, "usage: " + USAGE)     # its argument is missing
                     value = argv[i]
                 opts.append((ch, value))
                 break
             if ch not in WITHOUT_ARG:
-                raise Usage(f"unknown option -{ch}")
+                raise Exit(100, "usage: " + USAGE)         # unknown option
             opts.append((ch, ""))
             if ch in "EJ":
                 break
@@ -105,9 +105,9 @@ def sendmail(argv: list[str], prog: str) -> int:
         return 111
     try:
         opts, args = getopt(argv)
-    except Usage:
-        sys.stderr.write(f"sendmail: usage: {USAGE}\n")
-        return 100
+    except Exit as e:
+        sys.stderr.write(f"sendmail: {e.text}\n")
+        return e.code
     header = False
     sender = None
     for opt, value in opts:
