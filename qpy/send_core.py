@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from qpy import auto, bounce, control, fdio, log, spare
 from qpy.errors import ControlError
 from qpy.rewrite import Rewriter
-from qpy.schedule import LIFETIME, SLEEP_FOREVER
+from qpy.schedule import SLEEP_FOREVER
 
 SLEEP_PAUSE = 10        # after an unreadable directory or a failing bounce append
 
@@ -35,15 +35,15 @@ class Controls:
 
 def read_controls() -> Controls:
     """Read the controls; ControlError if one is unreadable."""
-    bouncehost = control.read_line_me("bouncehost", b"bouncehost") or b"bouncehost"
-    dbhost = control.read_line_me("doublebouncehost", b"doublebouncehost") or b"doublebouncehost"
-    dbto = control.read_line("doublebounceto", b"postmaster")
+    bouncehost = control.read_host("bouncehost")
+    dbhost = control.read_host("doublebouncehost")
+    dbto = control.read_line("doublebounceto")
     return Controls(
-        lifetime=control.read_int("queuelifetime", LIFETIME),
+        lifetime=control.read_int("queuelifetime"),
         concurrency=[min(control.read_int("concurrencylocal"), auto.SPAWN_LIMIT),
                      min(control.read_int("concurrencyremote"), auto.SPAWN_LIMIT)],
         rewriter=Rewriter.from_control(),
-        bounce=bounce.Settings(bouncefrom=control.read_line("bouncefrom", b"MAILER-DAEMON") or b"",
+        bounce=bounce.Settings(bouncefrom=control.read_line("bouncefrom") or b"",
                                bouncehost=bouncehost,
                                doublebounceto=(dbto or b"") + b"@" + dbhost),
     )
@@ -52,8 +52,7 @@ def read_controls() -> Controls:
 def reread_rewriter(old: Rewriter, lg: log.Log) -> Rewriter:
     """HUP: a rewriter with fresh locals and virtualdomains, or the old one on trouble."""
     try:
-        me = control.me()
-        locals_ = control.read_list("locals", [me] if me else None)
+        locals_ = control.read_list("locals")
     except ControlError:
         locals_ = None
     if locals_ is None:

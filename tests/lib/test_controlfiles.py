@@ -26,7 +26,6 @@ READERS = {
 }
 # qmail-send's reads still pass their own defaults until the lead drops them (issue 13);
 # remove this once no file matches.
-PENDING = re.compile(r"(qmail_send|send_\w+)\.py$")
 # every file qmail's qmail-showctl and control.md §1 know
 QMAIL = ("badmailfrom", "bouncefrom", "bouncehost", "concurrencylocal", "concurrencyremote",
          "databytes", "defaultdomain", "defaulthost", "doublebouncehost", "doublebounceto",
@@ -127,7 +126,7 @@ def test_every_control_path_in_qpy_is_declared():
 
 def test_readers_restate_no_default():
     for path, line, fname, name, extra in control_calls():
-        if extra and not PENDING.search(path.name):
+        if extra:
             pytest.fail(f"{path.relative_to(ROOT)}:{line} {fname}({name!r}, …): the default "
                         f"belongs in qpy/controlfiles.py")
 
