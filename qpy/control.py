@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from qpy import auto, controlfiles
+from qpy import addr, auto, controlfiles, scan
 from qpy.errors import ControlError
 
 _STRIP = b" \t\r\n"
@@ -76,12 +76,7 @@ def read_int(name: str, default: int | None = None) -> int:
     line = first_line(name)
     if line is None:
         return default
-    digits = b""
-    for ch in line:
-        if 48 <= ch <= 57:
-            digits += bytes([ch])
-        else:
-            break
+    digits = scan.digits(line)
     return int(digits) if digits else default
 
 
@@ -141,15 +136,7 @@ class DomainSet:
 
     def matches_suffix(self, domain: bytes) -> bool:
         """True if the domain, or a suffix starting at a '.', is listed."""
-        d = domain.lower()
-        if d in self.entries:
-            return True
-        i = d.find(b".")
-        while i != -1:
-            if d[i:] in self.entries:
-                return True
-            i = d.find(b".", i + 1)
-        return False
+        return any(key in self.entries for key in addr.domain_keys(domain.lower()))
 
 
 def read_map(name: str) -> dict[bytes, bytes] | None:

@@ -39,13 +39,7 @@ class Rewriter:
         """The virtualdomains ``pre`` for an address (b"" for an exception), or None."""
         _, domain = addr.split(address)
         domain = (domain or b"").lower()
-        keys = [address.lower(), domain]
-        i = domain.find(b".")
-        while i != -1:
-            keys.append(domain[i:])
-            i = domain.find(b".", i + 1)
-        keys.append(b"")
-        for key in keys:
+        for key in [address.lower(), *addr.domain_keys(domain), b""]:
             if key in self.virtualdomains:
                 return self.virtualdomains[key]
         return None

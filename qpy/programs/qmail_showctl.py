@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import click
 
-from qpy import auto, controlfiles, prot
+from qpy import auto, controlfiles, prot, scan
 from qpy.controlfiles import ControlFile
 from qpy.programs import options
 
@@ -80,11 +80,7 @@ class Show:
         except OSError:
             self.out.write(OOPS)
             return
-        digits = b""
-        for ch in value or b"":
-            if not 48 <= ch <= 57:
-                break
-            digits += bytes([ch])
+        digits = scan.digits(value or b"")
         if not digits:
             self.out.write(f"(Default.) {f.shown(str(f.default))}\n")
         else:
