@@ -33,7 +33,7 @@ import os
 import stat
 
 from qpy import addr, auto, control, fdio, mx, scan, smtpclient
-from qpy.errors import ControlError, QmailError
+from qpy.errors import ControlError, Exit, QmailError
 from qpy.smtpclient import Connection, Dropped, PartialLine
 from qpy.tcpto import Tcpto
 
@@ -51,18 +51,6 @@ OSERR = b"ZSystem resources temporarily unavailable. (#4.3.0)\n"
 BADADDR = b"Sorry, I won't send an address containing CR, LF or NUL. (#5.1.3)\n"
 
 
-class Done(Exception):
-    """The message report is decided: letter K/Z/D and its text (ending in LF)."""
-
-    def __init__(self, report: bytes) -> None:
-        super().__init__(report)
-        self.report = report
-
-
-class TLSFailed(Exception):
-    """The STARTTLS handshake failed: reconnect without TLS."""
-
-
 # -- configuration ----------------------------------------------------------------------
 
 class Config:
@@ -75,9 +63,9 @@ class Config:
             helohost = control.read_line_me("helohost")
             self.routes = control.read_map("smtproutes") or {}
         except ControlError:
-            raise Done(CONTROL)
+            raise Exit(0, CONTROL)
         if helohost is None:
-            raise Done(CONTROL)
+            raise Exit(0, CONTROL)
         self.helohost = helohost
 
 
@@ -131,7 +119,7 @@ class Message:
         try:
             st = os.fstat(fd)
         except OSError:
-            raise Done(READ)
+            raise Exit(0, READ)
         if stat.S_ISREG(st.st_mode):
             self.size = st.st_size
 
@@ -152,7 +140,7 @@ class Message:
         try:
             return os.read(self.fd, CHUNK)
         except OSError:
-            raise Done(READ)
+            raise Exit(0, READ)
 
     def header_8bit(self) -> bool:
         """True if the header (up to the first empty line, at most HEADER_PEEK bytes) has a
@@ -181,7 +169,7 @@ class Message:
 # -- the SMTP dialogue --------------------------------------------------------------------
 
 class Session:
-    """One SMTP dialogue with one address; its end is always a Done."""
+    """One SMTP dialogue with one address; its end is always an Exit(0, report)."""
 
     def __init__(self, conn: Connection, ip: str, conf: Config, sender: bytes,
                  recips: list[bytes], results: list[bytes | None], message: Message) -> None:
@@ -205,32 +193,35 @@ class Session:
         self.conn.send(line + b"\r\n")
         return self.reply()
 
-    def quit(self, prepend: bytes, append: bytes) -> Done:
+    def quit(self, prepend: bytes, append: bytes) -> Exit:
         """Send QUIT (reply not awaited) and build the report: prepend ip append '.' text."""
         try:
             self.conn.send(b"QUIT\r\n")
         except Dropped:
             pass
-        return Done(prepend + self.ip + append + b".\n" + self.said(self.text))
+        return Exit(0, prepend + self.ip + append + b".\n" + self.said(self.text))
 
     @staticmethod
     def said(text: bytes) -> bytes:
         return b"Remote host said: " + text if text else b""
 
-    def dropped(self) -> Done:
+    def dropped(self) -> Exit:
         maybe = b"Possible duplicate! " if self.critical else b""
-        return Done(b"ZConnected to " + self.ip + b" but connection died. " + maybe + b"(#4.4.2)\n")
+        return Exit(0, b"ZConnected to " + self.ip + b" but connection died. " + maybe
+                    + b"(#4.4.2)\n")
 
     def run(self, tls: bool) -> None:
-        """The whole dialogue; raises Done, or TLSFailed before MAIL."""
+        """The whole dialogue; raises Exit, or returns if the STARTTLS handshake failed."""
         try:
             extensions = self.hello(tls)
+            if extensions is None:
+                return
             self.transaction(extensions)
         except Dropped:
             raise self.dropped()
 
-    def hello(self, tls: bool) -> dict[bytes, bytes]:
-        """Greeting, EHLO (or HELO), STARTTLS; returns the offered extensions."""
+    def hello(self, tls: bool) -> dict[bytes, bytes] | None:
+        """Greeting, EHLO (or HELO), STARTTLS; the offered extensions, None if TLS failed."""
         if self.reply().code != 220:
             raise self.quit(b"ZConnected to ", b" but greeting failed")
         extensions = self.ehlo()
@@ -238,8 +229,8 @@ class Session:
             if self.command(b"STARTTLS").code == 220:
                 try:
                     self.conn.starttls(smtpclient.tls_context())
-                except OSError as e:
-                    raise TLSFailed(str(e)) from e
+                except OSError:
+                    return None
                 extensions = self.ehlo()
         return extensions
 
@@ -261,7 +252,7 @@ class Session:
         return line + b"\r\n"
 
     def transaction(self, extensions: dict[bytes, bytes]) -> None:
-        """MAIL, RCPTs, DATA, the message; raises Done."""
+        """MAIL, RCPTs, DATA, the message; raises Exit."""
         wanted = [i for i, r in enumerate(self.results) if r is None]
         rcpts = [b"RCPT TO:<" + smtp_address(self.recips[i]) + b">\r\n" for i in wanted]
         mail = self.mail_command(extensions)
@@ -318,7 +309,7 @@ class Session:
         except PartialLine:
             if pending:
                 self.conn.send(bytes(pending))
-            raise Done(PARTIAL)   # the connection is closed without the final dot
+            raise Exit(0, PARTIAL)   # the connection is closed without the final dot
         self.critical = True
         self.conn.send(bytes(pending))
 
@@ -334,29 +325,29 @@ def targets_for(host: bytes, conf: Config) -> tuple[list[mx.Target], int]:
 
 
 def deliver(argv: list[str], results: list[bytes | None], fd: int = 0) -> None:
-    """Everything after the usage check; always ends in Done."""
+    """Everything after the usage check; always ends in Exit(0, report)."""
     try:
         os.chdir(auto.home())
     except OSError:
-        raise Done(CHDIR)
+        raise Exit(0, CHDIR)
     conf = Config()
     host = os.fsencode(argv[0])
     sender = os.fsencode(argv[1])
     recips = [os.fsencode(a) for a in argv[2:]]
     if bad_address(sender):
-        raise Done(b"D" + BADADDR)
+        raise Exit(0, b"D" + BADADDR)
     for i, r in enumerate(recips):
         if bad_address(r):
             results[i] = b"h" + BADADDR
     if all(r is not None for r in results):
-        raise Done(b"DGiving up: no recipient could be sent. (#5.1.3)\n")
+        raise Exit(0, b"DGiving up: no recipient could be sent. (#5.1.3)\n")
     message = Message(fd)
     if not message.complete():
-        raise Done(PARTIAL)
+        raise Exit(0, PARTIAL)
     try:
         targets, port = targets_for(host, conf)
     except QmailError as e:
-        raise Done(e.letter.encode() + e.text.encode("latin-1") + b"\n")
+        raise Exit(0, e.letter.encode() + e.text.encode("latin-1") + b"\n")
     table = Tcpto()
     for target in targets:
         if table.skip(target.ip):
@@ -372,13 +363,11 @@ def deliver(argv: list[str], results: list[bytes | None], fd: int = 0) -> None:
                 break
             table.result(target.ip, False)
             conn = Connection(sock, conf.timeout)
-            try:
+            try:    # run() returns only if STARTTLS failed: reconnect without it
                 Session(conn, target.ip, conf, sender, recips, results, message).run(tls)
-            except TLSFailed:
-                continue    # reconnect to the same address without STARTTLS
             finally:
                 conn.close()
-    raise Done(NOCONN)
+    raise Exit(0, NOCONN)
 
 
 def render(results: list[bytes | None], report: bytes) -> bytes:
@@ -400,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[bytes | None] = [None] * max(len(argv) - 2, 0)
     try:
         if len(argv) < 3:
-            raise Done(USAGE)
+            raise Exit(0, USAGE)
         deliver(argv, results)
-    except Done as done:
-        report = done.report
+    except Exit as e:
+        report = e.data
     except MemoryError:
         report = b"ZOut of memory. (#4.3.0)\n"
     except Exception as e:   # never lose a message: anything unexpected is temporary
