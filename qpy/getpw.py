@@ -40,7 +40,7 @@ class NFSFail(TempFail):
 
 @dataclass(frozen=True)
 class Entry:
-    """qmail-getpw's six output fields."""
+    """Who gets mail for a local part: qmail-getpw's six output fields, also a users/cdb value's."""
 
     user: bytes
     uid: int

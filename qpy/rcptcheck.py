@@ -83,10 +83,7 @@ class RecipientCheck:
     def account(self, local: bytes) -> getpw.Entry:
         """The account qmail-lspawn would deliver ``local`` as."""
         found = users.lookup(local, self.users_cdb)
-        if found is not None:
-            return getpw.Entry(found.user, found.uid, found.gid, found.home, found.dash,
-                               found.ext)
-        return getpw.lookup(local, self.priv)
+        return found if found is not None else getpw.lookup(local, self.priv)
 
     @staticmethod
     def has_mailbox(who: getpw.Entry) -> bool:

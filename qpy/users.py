@@ -1,26 +1,17 @@
 """users/assign and users/cdb (qmail-users(5)): compile and look up.
 
 ``compile_assign`` turns assign text into cdb records exactly as qmail-newu
-does; ``lookup`` answers qmail-lspawn's question for a local part.
+does; ``lookup`` answers qmail-lspawn's question for a local part with the six
+fields of a users/cdb value as a ``getpw.Entry`` (qmail-getpw answers with the
+same six), ext completed for wildcard hits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 from qpy import auto, cdb
 from qpy.errors import FormatError
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """The six fields of a users/cdb value, with ext completed for wildcard hits."""
-
-    user: bytes
-    uid: int
-    gid: int
-    home: bytes
-    dash: bytes
-    ext: bytes
+from qpy.getpw import Entry
 
 
 def compile_assign(text: bytes) -> list[tuple[bytes, bytes]]:
@@ -61,15 +52,15 @@ def compile_assign(text: bytes) -> list[tuple[bytes, bytes]]:
     return records
 
 
-def parse_value(value: bytes) -> Assignment:
+def parse_value(value: bytes) -> Entry:
     """Split a users/cdb value into its fields."""
     parts = value.split(b"\0")
     if len(parts) != 6 or not parts[1].isdigit() or not parts[2].isdigit():
         raise FormatError("users/cdb: bad record")
-    return Assignment(parts[0], int(parts[1]), int(parts[2]), parts[3], parts[4], parts[5])
+    return Entry(parts[0], int(parts[1]), int(parts[2]), parts[3], parts[4], parts[5])
 
 
-def lookup(local: bytes, path: str | None = None) -> Assignment | None:
+def lookup(local: bytes, path: str | None = None) -> Entry | None:
     """qmail-lspawn's users/cdb lookup for a local part (control.md §3); None = ask qmail-getpw."""
     table = cdb.open_cached(path or auto.path("users", "cdb"))   # kept open: reused while unchanged
     if table is None:
@@ -85,5 +76,5 @@ def lookup(local: bytes, path: str | None = None) -> Assignment | None:
         value = table.get(b"!" + lower[:i])
         if value is not None:
             a = parse_value(value)
-            return Assignment(a.user, a.uid, a.gid, a.home, a.dash, a.ext + local[i:])
+            return dataclasses.replace(a, ext=a.ext + local[i:])
     return None

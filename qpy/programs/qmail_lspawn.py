@@ -107,7 +107,7 @@ class LocalHooks(spawn.Hooks):
         except QmailError:
             raise Exit(QLX.CDB)
         if a is not None:
-            return getpw.Entry(a.user, a.uid, a.gid, a.home, a.dash, a.ext)
+            return a
         if self.priv:
             return self.run_getpw(local)
         try:
