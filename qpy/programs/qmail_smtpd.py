@@ -60,7 +60,7 @@ import sys
 import time
 
 from qpy import auto, control, qmailq, received, scan, smtpio
-from qpy.errors import QmailError
+from qpy.errors import Exit, QmailError
 from qpy.rcpthosts import RcptHosts
 from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
 
@@ -70,18 +70,6 @@ SMTPLF = b"451 See https://cr.yp.to/docs/smtplf.html."
 SERVERCERT = "servercert.pem"
 AUTH_MAX = 1024         # user + password bytes handed to checkpassword
 AUTH_LINE_MAX = 4096    # one base64 answer to a 334
-
-
-class Fatal(Exception):
-    """Answer with this reply (and enhanced code) and end the session with exit 1."""
-
-    def __init__(self, line: bytes, code: bytes = b"") -> None:
-        super().__init__(line, code)
-        self.line, self.code = line, code
-
-
-class Quit(Exception):
-    """The client said QUIT."""
 
 
 class AuthCancelled(Exception):
@@ -97,7 +85,7 @@ class Config:
     def __init__(self, env: os._Environ | dict) -> None:
         greeting = control.read_line_me("smtpgreeting")
         if greeting is None:
-            raise Fatal(CONTROLS)
+            raise Exit(1, CONTROLS)
         self.greeting: bytes = greeting
         self.localiphost = control.read_line_me("localiphost")
         self.timeout = max(control.read_int("timeoutsmtpd"), 1)
@@ -128,7 +116,7 @@ class Config:
         try:
             return self.rcpthosts.accepts(address)
         except QmailError:
-            raise Fatal(CONTROLS)
+            raise Exit(1, CONTROLS)
 
     def in_badmailfrom(self, address: bytes) -> bool:
         """qmail's bmfcheck(): the address, or @domain of its last @, is listed."""
@@ -260,7 +248,7 @@ class Session:
 
     def smtp_quit(self, arg: bytes) -> None:
         self.reply(b"221 " + self.cfg.greeting)
-        raise Quit()
+        raise Exit(0)
 
     def smtp_unimpl(self, arg: bytes) -> None:
         self.reply(b"502 unimplemented (#5.5.1)")
@@ -325,7 +313,8 @@ class Session:
             try:
                 seen = smtpio.read_data(self.conn, job.put, self.cfg.databytes)
             except StrayNewline:
-                raise Fatal(SMTPLF, b"4.6.0")
+                self.reply(SMTPLF, b"4.6.0")
+                raise Exit(1)
             looping = seen.hops >= MAXHOPS
             if looping or seen.bare_cr or seen.overflow:
                 job.fail()
@@ -483,7 +472,7 @@ class Session:
             try:
                 texts = mx.own_ips()
             except QmailError:
-                raise Fatal(b"421 unable to figure out my IP addresses (#4.3.0)")
+                raise Exit(1, b"421 unable to figure out my IP addresses (#4.3.0)")
             if self.cfg.localip is not None:
                 texts.add(os.fsdecode(self.cfg.localip))
             self._own_ips = set()
@@ -509,11 +498,10 @@ class Session:
         try:
             self.conn.put(b"220 " + self.cfg.greeting + b" ESMTP\r\n")
             self.commands()
-        except Quit:
-            code = 0
-        except Fatal as e:
-            self.reply(e.line, e.code)
-            code = 1
+        except Exit as e:       # QUIT, or a reply that ends the session
+            if e.text:
+                self.reply(e.data)
+            code = e.code
         except Timeout:
             self.reply(b"451 timeout (#4.4.2)")
             code = 1
@@ -625,8 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(auto.home())
         _become_qmaild()
         cfg = Config(os.environ)
-    except (OSError, QmailError, Fatal) as e:
-        if not isinstance(e, Fatal):
+    except (OSError, QmailError, Exit) as e:
+        if not isinstance(e, Exit):
             _log(f"unable to read controls: {e}")
         conn.put(CONTROLS + b"\r\n")
         try:
