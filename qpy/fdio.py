@@ -13,14 +13,14 @@ import signal
 CHUNK = 65536
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """Write all of ``data`` to a blocking ``fd``; OSError (EPIPE included) on trouble."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
-def feed(fd: int, data: bytes) -> bool:
+def feed(fd: int, data: bytes | bytearray | memoryview) -> bool:
     """Write all of ``data``; False (and stop) if the reader went away (EPIPE)."""
     try:
         write_all(fd, data)
@@ -29,7 +29,7 @@ def feed(fd: int, data: bytes) -> bool:
     return True
 
 
-def write_quietly(fd: int, data: bytes) -> bool:
+def write_quietly(fd: int, data: bytes | bytearray | memoryview) -> bool:
     """Write all of ``data``; False (and stop) on any error (a dead log or report pipe)."""
     try:
         write_all(fd, data)
@@ -49,6 +49,17 @@ def read_all(fd: int, chunk: int = CHUNK, limit: int | None = None) -> bytes:
         parts.append(data)
         got += len(data)
     return b"".join(parts)
+
+
+def read_ready(fd: int, chunk: int = CHUNK) -> bytes | None:
+    """One read of a non-blocking ``fd`` that poll() found readable: the data; b"" at EOF
+    or on an error (the peer is gone either way); None if nothing is there after all."""
+    try:
+        return os.read(fd, chunk)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 def read_file(path: str, with_mtime: bool = False) -> tuple[bytes, int]:

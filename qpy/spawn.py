@@ -191,12 +191,8 @@ class Spawner:
 
     def read_commands(self) -> None:
         """Read what fd 0 has; run every complete command."""
-        try:
-            data = os.read(self.fdin, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.reading = False
+        data = fdio.read_ready(self.fdin, READ_CHUNK)
+        if data is None:
             return
         if not data:
             self.reading = False
@@ -386,12 +382,9 @@ class Spawner:
 
     def read_output(self, slot: int, d: Delivery) -> None:
         """Collect a child's output; note EOF."""
-        try:
-            data = os.read(d.fd, READ_CHUNK)
-        except BlockingIOError:
+        data = fdio.read_ready(d.fd, READ_CHUNK)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             d.eof = True
             os.close(d.fd)

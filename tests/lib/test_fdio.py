@@ -78,6 +78,19 @@ def test_read_all_stops_at_its_limit():
     os.close(r)
 
 
+def test_read_ready_tells_data_nothing_yet_and_eof_apart():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    assert fdio.read_ready(r) is None
+    os.write(w, b"abc")
+    assert fdio.read_ready(r, chunk=2) == b"ab"
+    os.close(w)
+    assert fdio.read_ready(r) == b"c"
+    assert fdio.read_ready(r) == b""
+    os.close(r)
+    assert fdio.read_ready(r) == b""          # an error (EBADF) ends the peer like EOF
+
+
 def test_read_file_with_and_without_mtime(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"data\n")
