@@ -1,7 +1,8 @@
 """The next program of a chain (``tcpserver … rblsmtpd … qmail-smtpd``): ours warm, others exec'd.
 
 A program is ours when its argv[0] is a bare name in qpy.hier.PROGRAMS, or a
-path into QMAILHOME/bin or into the source tree's bin/ holding one of our shims.
+path to one of our shims (qpy.shim.ours: an instance's bin/<name>, an installed
+console script, the source tree's bin/, each checked by its text).
 Ours run warm: ``warm.run`` in this very process, as an exec would.  Anything
 else, and everything when QPY_EXEC is set, is exec'd through $PATH like
 ucspi-tcp's pathexec (a bare name of ours missing from $PATH falls back to
@@ -14,9 +15,7 @@ import shutil
 import signal
 import sys
 
-from qpy import auto, hier, warm
-
-SOURCE_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin")
+from qpy import auto, hier, shim, warm
 
 
 def ours(prog: str) -> str | None:
@@ -26,11 +25,7 @@ def ours(prog: str) -> str | None:
         return None
     if "/" not in prog:
         return name
-    where = os.path.realpath(os.path.dirname(prog))
-    for bindir in (auto.path("bin"), SOURCE_BIN):
-        if where == os.path.realpath(bindir):
-            return name
-    return None
+    return shim.ours(prog)
 
 
 def preload(argv: list[str]) -> list[str]:

@@ -3,8 +3,9 @@
 A spawner forks; the child sets up its fds and calls ``run(name, argv)``, which
 imports qpy.programs.<module> by name (already imported in a warm parent) and
 calls its main().  Anything configured from outside (QMAILQUEUE, QMAILREMOTE, a
-.qmail program) is exec'd instead, and QPY_EXEC forces exec for our own
-programs too, so tests can show both paths behave the same.
+.qmail program) goes through qpy.shim: warm too when the file it names is one of
+our programs' shims, else exec'd.  QPY_EXEC forces exec for our own programs,
+so tests can show both paths behave the same.
 """
 from __future__ import annotations
 
@@ -88,10 +89,12 @@ def exec_program(path: str, argv: list[str], env: dict[str, str] | None = None) 
     os.execve(path, [path, *argv], env)
 
 
-def run_or_exec(program: str, argv: list[str], external: str | None = None) -> int:
-    """In a child: exec ``external`` or our bin/<program> when forced, else run warm."""
+def run_or_exec(program: str, argv: list[str], external: str | None = None,
+                search: bool = False) -> int:
+    """In a child: become ``external`` (qpy.shim.become, $PATH with ``search``), else run ours warm (exec'd if forced)."""
     if external:
-        exec_program(external, argv)
+        from qpy import shim   # only a configured hook pays for it
+        return shim.become([external, *argv], search)
     if auto.force_exec():
         exec_program(auto.path("bin", program), argv)
     return run(program, argv)

@@ -13,7 +13,9 @@ WRITES    per line: ``./x/`` or ``/x/`` Maildir (tmp → fsync → link new/, fs
           ``./x`` or ``/x`` mbox (flock, ``>From `` quoting, truncate back on error);
           ``|cmd`` runs ``/bin/sh -c cmd`` in homedir with the message on fd 0 and SENDER,
           NEWSENDER, RECIPIENT, USER, HOME, LOCAL, HOST, HOST2-4, EXT, EXT2-4, DEFAULT,
-          DTLINE, RPLINE, UFLINE added to the environment; ``&addr`` and ``addr`` are
+          DTLINE, RPLINE, UFLINE added to the environment (a cmd of plain words naming
+          one of our programs runs it warm instead, as /bin/sh would: qpy.shim; not
+          under QPY_EXEC); ``&addr`` and ``addr`` are
           forwards, all queued at the end in one qmail-queue run (Delivered-To
           prepended, envelope sender NEWSENDER); ``+list`` = forward-only from there on.
           On fd 1: ``did <files>+<forwards>+<programs>\\n`` (+ ``qp <pid>\\n`` after a
@@ -252,12 +254,15 @@ class Local:
             signal.signal(signal.SIGALRM, old)
 
     def program(self, command: bytes) -> None:
-        """Run ``/bin/sh -c command`` with the message on fd 0; map its exit code."""
+        """Run ``/bin/sh -c command`` (one of our programs: warm) with the message on fd 0; map its exit code."""
+        from qpy import shim   # only runs with a program line pay for it
         rewind()
+        env = {**os.environb, **self.env}
         try:
-            pid = os.posix_spawn("/bin/sh", [b"/bin/sh", b"-c", command],
-                                 {**os.environb, **self.env},
-                                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+            pid = shim.spawn_command(command, env)
+            if pid is None:
+                pid = os.posix_spawn("/bin/sh", [b"/bin/sh", b"-c", command], env,
+                                     setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
         except OSError as e:
             raise Exit(111, f"Unable to run /bin/sh: {errstr.text(e)}. (#4.3.0)")
         wstat = fdio.wait_status(pid)

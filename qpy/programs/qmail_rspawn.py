@@ -8,8 +8,9 @@ PROTOCOL  qmail-send's spawner protocol (protocols.md §2, qpy.spawn): one byte 
 AT START  zeroes queue/lock/tcpto (and tcpto6) under their locks, ignoring errors.
 PER COMMAND  a forked child runs ``qmail-remote host sender recipient`` (host = the text
           after the recipient's last ``@``) with fd 0 = the message, fds 1+2 = the
-          report pipe: ``$QMAILREMOTE`` (exec'd, PATH search) when set, else
-          QMAILHOME/bin/qmail-remote exec'd when QPY_EXEC is set, else qmail-remote warm.
+          report pipe: ``$QMAILREMOTE`` (PATH search) when set, warm if it is one of our
+          programs (qpy.shim) else exec'd; else QMAILHOME/bin/qmail-remote exec'd when
+          QPY_EXEC is set, else qmail-remote warm.
 REPORT    protocols.md §4 "rspawn translation" (``translate``).
 TRUSTS    qmail-send for the command stream; re-checks the message file.  qmail-remote's
           output is only cut into records.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from qpy import auto, spawn, warm
+from qpy import auto, shim, spawn, warm
 from qpy.errors import QmailError, temporary_errno
 
 _LETTER = {1: b"K", 0: b"Z", -1: b"D"}
@@ -76,14 +77,10 @@ class RemoteHooks(spawn.Hooks):
         return translate(status, output)
 
     def child(self, sender: bytes, recipient: bytes, at: int) -> int:
-        """Exec or warm-run qmail-remote for one recipient."""
+        """Exec or warm-run qmail-remote (or $QMAILREMOTE, through $PATH) for one recipient."""
         argv = [os.fsdecode(a) for a in (recipient[at + 1:], sender, recipient)]
         try:
-            if self.external:
-                os.execvp(self.external, [self.external, *argv])
-            if auto.force_exec():
-                warm.exec_program(auto.path("bin", "qmail-remote"), argv)
-            return warm.run("qmail-remote", argv)
+            return warm.run_or_exec("qmail-remote", argv, self.external, search=True)
         except OSError as e:
             return 111 if temporary_errno(e.errno) else 100
 
@@ -105,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return 111
     clear_tcpto()
     external = os.environ.get("QMAILREMOTE") or None
-    if not external:
+    found = shim.find(external, search=True) if external else None    # imports it if ours
+    if not external or (found is not None and found[0] == "qmail-remote"):
         try:
             warm.preload("qmail-remote")
             from qpy import mx
