@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from qpy import errstr
+from qpy import errstr, fdio
 from qpy.auto import PATTERN
 from qpy.errors import TempFail, temporary_errno
 
@@ -51,18 +51,12 @@ class Found:
 
     def read(self) -> bytes:
         """Read the whole file and close it."""
-        chunks = []
         try:
-            while True:
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+            return fdio.read_all(self.fd)
         except OSError as e:
             raise TempFail(_unable(b"read", self.name, e)) from e
         finally:
             os.close(self.fd)
-        return b"".join(chunks)
 
 
 def _unable(verb: bytes, name: bytes, e: OSError) -> str:

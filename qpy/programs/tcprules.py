@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from qpy import errstr, tcprules
+from qpy import errstr, fdio, tcprules
 
 USAGE = "tcprules: usage: tcprules rules.cdb rules.tmp"
 FATAL = "tcprules: fatal: "
@@ -26,16 +26,6 @@ def fatal(text: str, code: int = 111) -> int:
     return code
 
 
-def read_input(fd: int = 0) -> bytes:
-    """All of fd 0."""
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Read rules on fd 0 and write the cdb."""
     argv = sys.argv[1:] if argv is None else argv
@@ -44,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 100
     path, tmp = argv[0], argv[1]
     try:
-        text = read_input()
+        text = fdio.read_all(0)
     except OSError as e:
         return fatal(f"unable to read input: {errstr.text(e)}")
     try:
