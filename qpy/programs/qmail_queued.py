@@ -87,10 +87,7 @@ def listen(path: str) -> socket.socket:
     """A listening socket, mode 0666, put in place at ``path`` (over a leftover one) only
     once it accepts connections."""
     tmp = path + ".new"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
+    fdio.unlink_missing_ok(tmp)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = prot.set_umask(0o111)
     try:
