@@ -1,7 +1,8 @@
 """The caller's side of qmail-queue (qmail.c's qmail_open/qmail_put/qmail_close).
 
 ``QueueJob()`` starts the queue program with fd 0 = message pipe, fd 1 =
-envelope pipe, fd 6 = error pipe.  It is ``$QMAILQUEUE`` if set (fork+exec),
+envelope pipe, fd 6 = error pipe.  It is ``$QMAILQUEUE`` if set (fork+exec, or
+a warm fork when it names one of our programs: qpy.shim),
 ``QMAILHOME/bin/qmail-queue`` when ``QPY_EXEC`` forces exec, and otherwise a
 warm fork that runs qpy.programs.qmail_queue.main() without an exec.
 ``close()`` returns qmail_close()'s text: empty for success, else ``Z…``/``D…``.

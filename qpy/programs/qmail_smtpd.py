@@ -11,8 +11,8 @@ READS     control/smtpgreeting (else me; neither → 421), localiphost (else me)
           TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP, RELAYCLIENT,
           DATABYTES, QMAILQUEUE, CHECKPASSWORD.
 WRITES    replies on fd 1; each accepted message through qmail-queue (a warm child,
-          or $QMAILQUEUE exec'd).  fd 2: one line when controls are unreadable, TLS
-          fails, or on an internal error (never a traceback).
+          or $QMAILQUEUE: warm if one of ours, else exec'd).  fd 2: one line when
+          controls are unreadable, TLS fails, or on an internal error (never a traceback).
 TRUSTS    nothing the client sends.  Addresses with control bytes are refused, HELO
           and tcpserver's names are escaped in the Received line, command lines are
           capped at 1 MB, and a 250 after DATA means qmail-queue exited 0.
