@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from qpy import addr, fdio, qmailq, received
+from qpy.errors import TempFail
 
 DOUBLE_BOUNCE_SENDER = b"#@[]"
 VERP_TAIL = b"-@[]"
@@ -20,7 +21,7 @@ GIVING_UP = b"I'm not going to try again; this message has been in the queue too
 CHUNK = 65536
 
 
-class InjectError(Exception):
+class InjectError(TempFail):
     """The bounce could not be queued now; qmail-send tries again later."""
 
 

@@ -15,10 +15,10 @@ import signal
 import sys
 
 from qpy import fdio, warm
-from qpy.errors import temporary_errno
+from qpy.errors import TempFail, temporary_errno
 
 
-class Crashed(Exception):
+class Crashed(TempFail):
     """The child was killed by a signal."""
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qpy.errors import FormatError
+
 MAX_ADDR = 1002  # bytes an address may hold before its NUL (qmail-queue)
 
 
-class EnvelopeError(Exception):
+class EnvelopeError(FormatError):
     """The envelope is not F…\\0 T…\\0 … \\0."""
 
 

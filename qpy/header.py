@@ -18,6 +18,7 @@ import time
 from typing import BinaryIO, Callable
 
 from qpy import addr
+from qpy.errors import FormatError
 from qpy.received import date822
 
 LINELEN = 80
@@ -35,7 +36,7 @@ _WORDS = frozenset((ATOM, LITERAL, QUOTE, COMMENT))
 _ESCAPE = frozenset(b"\"[]()\\\r\n")
 
 
-class ParseError(Exception):
+class ParseError(FormatError):
     """The text is not valid token822 input (unbalanced quote, comment or literal)."""
 
 

@@ -20,6 +20,8 @@ import os
 import re
 from typing import TYPE_CHECKING
 
+from qpy.errors import FormatError
+
 if TYPE_CHECKING:
     import socket
 
@@ -36,7 +38,7 @@ STALE = 129600      # 36 h, as qmail-clean's pid/ cleanup
 BUSY = 0xFF         # qmail-queued's answer "not now": it read nothing, use maildrop/
 
 
-class Malformed(Exception):
+class Malformed(FormatError):
     """A drop file that our client cannot have written."""
 
 

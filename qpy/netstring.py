@@ -23,7 +23,7 @@ class TooLong(TempFail):
     """A netstring length beyond what we accept."""
 
 
-class Closed(Exception):
+class Closed(TempFail):
     """The peer closed the connection (or a read failed)."""
 
 

@@ -16,17 +16,19 @@ from __future__ import annotations
 import socket
 from typing import NamedTuple
 
+from qpy.errors import PermFail, TempFail
+
 MAX_TEXT = 5000          # qmail's HUGESMTPTEXT
 MAX_LINE = 1 << 20       # a reply line longer than this is a broken peer
 RECV = 65536
 UNPARSEABLE = 400        # a reply without 3 digits counts as a temporary failure
 
 
-class Dropped(Exception):
+class Dropped(TempFail):
     """The connection died: timeout, reset or EOF."""
 
 
-class PartialLine(Exception):
+class PartialLine(PermFail):
     """The message does not end with a newline."""
 
 

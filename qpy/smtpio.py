@@ -37,31 +37,33 @@ import os
 import select
 from typing import Any, Callable
 
+from qpy.errors import PermFail, TempFail
+
 READ_SIZE = 65536
 BLOCK = 65536                # DATA: longest part of a line handled at once
 LINE_MAX = 1024 * 1024       # longest command line we keep in memory
 
 
-class Dropped(Exception):
+class Dropped(TempFail):
     """The client went away: EOF, a read or write error, or a write timeout."""
 
 
-class Timeout(Exception):
+class Timeout(TempFail):
     """The client sent nothing within the timeout."""
 
 
-class LineTooLong(Exception):
+class LineTooLong(PermFail):
     """A command line exceeded the limit; what was read of it is discarded.
 
     ``partial`` is True when the rest of the line is still to come (skip_line()).
     """
 
     def __init__(self, partial: bool) -> None:
-        super().__init__(partial)
+        super().__init__("Command line too long. (#5.5.2)")
         self.partial = partial
 
 
-class StrayNewline(Exception):
+class StrayNewline(TempFail):
     """A bare LF inside DATA."""
 
 
