@@ -112,7 +112,7 @@ def test_the_name_alone_proves_nothing(home, tmp_path):
         "forward": text,                                                     # another program's shim
         "bouncesaying": text.replace("qmail_queue", "bouncesaying") + "print()\n",  # one line more
         "preline": text.replace("qmail_queue", "preline").replace(sys.executable, "/usr/bin/python2"),
-        "condredirect": open(os.path.join(shim.SOURCE_BIN, "condredirect")).read(),  # source shim elsewhere
+        "condredirect": Path(shim.SOURCE_BIN, "condredirect").read_text(),  # a source shim elsewhere
         "qmail-nothing": text.replace("qmail_queue", "qmail_nothing"),       # not a program of ours
     }
     for name, body in cases.items():
