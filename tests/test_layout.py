@@ -65,6 +65,13 @@ def test_library_never_imports_programs():
         assert not any(i.startswith("qpy.programs") for i in _imports(path)), path
 
 
+def test_library_never_raises_exit():
+    """The library raises QmailError subclasses; only programs leave through errors.Exit."""
+    for path in (ROOT / "qpy").glob("*.py"):
+        if path.name != "errors.py":
+            assert "qpy.errors.Exit" not in _imports(path), path
+
+
 def test_programs_never_import_other_programs():
     programs = {p.stem for p in (ROOT / "qpy" / "programs").glob("*.py")} - NOT_PROGRAMS
     for path in (ROOT / "qpy" / "programs").glob("*.py"):

@@ -88,8 +88,8 @@ def start_logger(ids: Ids, argv: list[str]) -> None:
             if ids.priv:
                 ids.become(auto.QMAILL, ids.gid_nofiles)
             os.execvp(argv[0], argv)
-        except BaseException:
-            pass
+        except BaseException as e:
+            warm.report_crash(e)    # fd 2 is closed once the fds are placed: silent after that
         warm.child_exit(111)
     os.close(r)
     os.dup2(w, 1)
