@@ -256,12 +256,9 @@ class Comm:
         for sp in self.spawners:
             if not sp.alive or sp.fd_in not in readable:
                 continue
-            try:
-                data = os.read(sp.fd_in, READ_CHUNK)
-            except BlockingIOError:
+            data = fdio.read_ready(sp.fd_in, READ_CHUNK)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data:
                 self.spawn_died(sp)
                 continue

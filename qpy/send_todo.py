@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from qpy import fdio, log, queuedir, spare, trigger
+from qpy import fdio, log, queuedir, scan, spare, trigger
 from qpy.queuewrite import start_writeback
 from qpy.schedule import CHANNELS, SLEEP_TODO
 from qpy.send_comm import Comm
@@ -170,9 +170,9 @@ class Todo:
         for record in data.split(b"\0")[:-1]:
             kind, value = record[:1], record[1:]
             if kind == b"u":
-                uid = _number(value)
+                uid = scan.ulong(value)
             elif kind == b"p":
-                pid = _number(value)
+                pid = scan.ulong(value)
             elif kind == b"F":
                 out[queuedir.info(msgid)] += record + b"\0"
                 lg.line(log.info_msg(msgid, size, value, pid, uid))
@@ -309,12 +309,3 @@ class Todo:
         self.scanned = self.scanned or scanned
         self.commit(preps)
 
-
-def _number(value: bytes) -> int:
-    """The leading decimal digits of a u/p record (0 if none)."""
-    digits = b""
-    for ch in value:
-        if not 48 <= ch <= 57:
-            break
-        digits += bytes([ch])
-    return int(digits) if digits else 0
