@@ -31,7 +31,7 @@ def domain_keys(domain: bytes) -> list[bytes]:
 
 
 def needs_quote(local: bytes) -> bool:
-    """True if an RFC 821 local part must be quoted (protocols.md §4)."""
+    """True if an RFC 821 local part must be quoted (docs/protocols.md §4)."""
     if not local or local.startswith(b".") or local.endswith(b".") or b".." in local:
         return True
     return any(ch not in _ATOM for ch in local)

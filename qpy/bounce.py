@@ -1,4 +1,4 @@
-"""Bounce messages in qmail's QSBMF wording (queue.md §8).
+"""Bounce messages in qmail's QSBMF wording (docs/queue.md §8).
 
 While a message is delivered, every permanent failure appends a block
 ``<recip>:\\n<report>\\n`` to bounce/<id> (``block``/``append``).  When every

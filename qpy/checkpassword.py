@@ -1,4 +1,4 @@
-"""The checkpassword interface (protocols.md §9): ask an external program about a password.
+"""The checkpassword interface (docs/protocols.md §9): ask an external program about a password.
 
 The program runs with fd 3 reading ``<user>\\0<password>\\0<timestamp>\\0`` and
 exits 0 when the password is right (after running the rest of its argv, by

@@ -1,4 +1,4 @@
-"""dot-qmail files (control.md §4): which file applies to an address, and its lines.
+"""dot-qmail files (docs/control.md §4): which file applies to an address, and its lines.
 
 ``candidates(dash, ext)`` is qmail-local's search order; ``find(dash, ext)``
 opens the first existing regular file of it in the current directory (the
@@ -122,7 +122,7 @@ BLANK, COMMENT, MAILDIR, MBOX, PROGRAM, LIST, IGNORED, FORWARD = (
 
 
 def classify(line: bytes) -> tuple[str, bytes]:
-    """(kind, argument) of one stripped line: the table of control.md §4."""
+    """(kind, argument) of one stripped line: the table of docs/control.md §4."""
     if not line:
         return BLANK, b""
     first = line[0]

@@ -112,7 +112,7 @@ LOCAL_FIXED = {
 
 
 def local_letter(code: int) -> str:
-    """Map a qmail-local exit status to K, Z or D (protocols.md §3)."""
+    """Map a qmail-local exit status to K, Z or D (docs/protocols.md §3)."""
     if code == 0:
         return "K"
     if code in (111, 71, 74, 75):

@@ -1,4 +1,4 @@
-"""qmail-getpw's passwd search (control.md §3) and the alias account.
+"""qmail-getpw's passwd search (docs/control.md §3) and the alias account.
 
 ``lookup(local)`` answers "who gets mail for this local part": a passwd user
 whose name is a prefix of ``local`` ending at the end or before a ``-``

@@ -1,4 +1,4 @@
-"""qmail-send's activity log (protocols.md §8, qmail-log(5)): one line per event on a fd.
+"""qmail-send's activity log (docs/protocols.md §8, qmail-log(5)): one line per event on a fd.
 
 The line formats are qmail's, byte for byte, because qmailanalog and people's
 scripts parse them.  Addresses and reports go through ``safe`` (qmail's

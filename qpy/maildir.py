@@ -1,4 +1,4 @@
-"""Maildir delivery (control.md §5): tmp/ → write → fsync → close → link into new/.
+"""Maildir delivery (docs/control.md §5): tmp/ → write → fsync → close → link into new/.
 
 ``deliver(maildir, head, msg_fd)`` writes ``head`` (Return-Path and Delivered-To
 lines) and the message from ``msg_fd``'s current offset to EOF into

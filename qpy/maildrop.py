@@ -1,5 +1,5 @@
 """Where ordinary users' submissions go in privileged mode: the queue service socket
-and the drop directory, with the drop file format (SECURITY.md, "Submission").
+and the drop directory, with the drop file format (SECURITY.md, "The qmail-queue decision", "The mechanism").
 
 Paths are relative to QMAILHOME.  ``public/`` (qmailq, 0711) holds the socket of
 qmail-queued (0666: every local user may connect) and the FIFO that pokes

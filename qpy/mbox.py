@@ -1,4 +1,4 @@
-"""mbox delivery (control.md §6): append under flock, ``>From `` quoting, truncate back on error.
+"""mbox delivery (docs/control.md §6): append under flock, ``>From `` quoting, truncate back on error.
 
 ``deliver(path, head, msg_fd)`` opens ``path`` with O_APPEND|O_CREAT (0600),
 takes an exclusive flock within ``lock_timeout`` seconds (timeout → TempFail

@@ -12,7 +12,7 @@ IP costs no DNS import at all).
 - ``drop_own(targets, own)``: drop every target whose preference is at or above
   the best preference of any of this host's own addresses (qmail's prefme).
 
-Outcomes (protocols.md §4): NXDOMAIN → ``NoSuchHost`` (D #5.1.2); SERVFAIL, a
+Outcomes (docs/protocols.md §4): NXDOMAIN → ``NoSuchHost`` (D #5.1.2); SERVFAIL, a
 timeout or any other resolver trouble → ``DnsTemp`` (Z #4.1.2) unless some
 exchanger still gave addresses; nothing usable → ``NoMailExchanger`` (D #5.4.4);
 only ourselves left → ``OwnMX`` (D #5.4.6).

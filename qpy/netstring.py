@@ -1,4 +1,4 @@
-"""Netstrings (``<decimal length>:<bytes>,``) for QMQP and QMTP (protocols.md §7).
+"""Netstrings (``<decimal length>:<bytes>,``) for QMQP and QMTP (docs/protocols.md §7).
 
 ``encode``/``decode`` work on whole buffers (the client side).  ``Stream`` reads
 a netstring stream from a file descriptor byte-budgeted the way qmail-qmqpd and

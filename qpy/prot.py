@@ -1,4 +1,4 @@
-"""The only module that changes uid, gid, groups or umask; account lookups by name.
+"""The only module that changes uid, gid or groups (a test checks it); account lookups by name.
 
 In single-user mode every qmail account maps to the invoking user, and
 ``drop_to`` changes nothing.  In privileged mode (the instance's queue is owned

@@ -1,4 +1,4 @@
-"""Queue paths (queue.md §1): split directories, ids, and which files exist for an id.
+"""Queue paths (docs/queue.md §1): split directories, ids, and which files exist for an id.
 
 All paths are relative to QMAILHOME/queue, the directory queue programs chdir
 into.  A message id is the inode number of its mess file, in decimal.

@@ -1,6 +1,6 @@
-"""The queue writer behind qmail-queue (queue.md §3), as a library.
+"""The queue writer behind qmail-queue (docs/queue.md §3), as a library.
 
-``Writer(uid, pid, who, base)`` performs one insertion in the order of queue.md §3:
+``Writer(uid, pid, who, base)`` performs one insertion in the order of docs/queue.md §3:
 pid file → link mess/ (S2) → Received line + message → fsync the file and mess/<split>
 → intd/<id> (S3) → fsync → link todo/<id> (S4: queued) → fsync todo/.  The caller
 pulls the trigger.  ``run(msg_fd, env_fd)`` is qmail-queue's whole sequence on two
@@ -226,7 +226,7 @@ class Writer:
         return fd
 
     def _link_new_mess(self) -> int:
-        """queue.md §3 steps 2-3: a new pid file, linked to mess/<id> (S2); return its fd."""
+        """docs/queue.md §3 steps 2-3: a new pid file, linked to mess/<id> (S2); return its fd."""
         fd, pidname = self.open_pid_file()
         self.made.append(pidname)
         try:
@@ -310,7 +310,7 @@ class Writer:
         first, so one journal commit covers the message, its mess/ link and intd/<id>
         (two commits per message instead of three).  intd/<id> is invisible to
         qmail-send (S3, cleaned after 36 h like S2), so every crash state is one
-        queue.md §3 allows, and todo/<id> is still linked only after the message, its
+        docs/queue.md §3 allows, and todo/<id> is still linked only after the message, its
         mess/ link and intd/<id> are all on disk.
         """
         try:

@@ -43,7 +43,7 @@ def safe(value: bytes) -> bytes:
 def smtp_line(remotehost: bytes, helo: bytes | None, remoteinfo: bytes | None,
               remoteip: bytes, localhost: bytes, protocol: bytes = b"SMTP",
               when: float | None = None) -> bytes:
-    """The Received line a network server writes (smtpd.md, DATA)."""
+    """The Received line a network server writes (docs/smtpd.md, DATA)."""
     out = b"Received: from " + safe(remotehost)
     if helo is not None and helo.lower() != remotehost.lower():
         out += b" (HELO " + safe(helo) + b")"

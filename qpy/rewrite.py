@@ -1,4 +1,4 @@
-"""qmail-send's recipient address rewriting (control.md §2): which channel, which address.
+"""qmail-send's recipient address rewriting (docs/control.md §2): which channel, which address.
 
 ``Rewriter`` holds locals, percenthack, virtualdomains and envnoathost (reread on
 HUP by building a new one); ``rewrite(addr)`` returns (channel, address) with

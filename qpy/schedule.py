@@ -1,4 +1,4 @@
-"""qmail-send's clock (queue.md §7): retry times, queue lifetime, and its timed queues.
+"""qmail-send's clock (docs/queue.md §7): retry times, queue lifetime, and its timed queues.
 
 Times are whole seconds since the epoch, as in qmail.  A message is *born*
 when it is preprocessed (the mtime of info/<id>); a pass over channel ``c``

@@ -1,4 +1,4 @@
-"""qmail-send CLEANUPS (queue.md §6): remove mess/ files that belong to no message.
+"""qmail-send CLEANUPS (docs/queue.md §6): remove mess/ files that belong to no message.
 
 A qmail-queue that crashed (or was killed) before linking todo/ leaves S2 or S3.
 Every SLEEP_CLEANUP seconds mess/ is swept, CLEANUP_BATCH entries per loop turn, and

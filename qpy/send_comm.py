@@ -2,8 +2,8 @@
 
 Spawner commands are written without blocking (a stuck spawner must never block the
 loop; one command is buffered per channel, as in qmail); reports are read as they
-come and cut into ``<slot><letter><text>`` records (protocols.md §2).  qmail-clean
-requests (protocols.md §6) may be left outstanding: it answers in order, and each
+come and cut into ``<slot><letter><text>`` records (docs/protocols.md §2).  qmail-clean
+requests (docs/protocols.md §6) may be left outstanding: it answers in order, and each
 answer is handed to the request's callback when it is read.  A lost pipe logs its
 alert once and makes qmail-send exit as soon as possible.
 """

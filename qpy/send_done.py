@@ -1,4 +1,4 @@
-"""qmail-send BOUNCES and completion (queue.md §5, §8).
+"""qmail-send BOUNCES and completion (docs/queue.md §5, §8).
 
 A ``D`` report appends its recipient's block to bounce/<id>.  Once every recipient
 of a message is finished (both channel files gone), completion injects the bounce

@@ -1,4 +1,4 @@
-"""qmail-send JOBS, DELIVERIES and PASSES (queue.md §5).
+"""qmail-send JOBS, DELIVERIES and PASSES (docs/queue.md §5).
 
 A job is a pass over one channel file of one message plus its deliveries in flight;
 each ``T`` record becomes one spawner command.  A report marks its record done

@@ -3,7 +3,7 @@
 ``chan[c]`` holds messages with a channel-c file to pass over, ``done`` messages
 whose recipients are all finished (completion), ``fail`` messages whose files could
 not be looked at (retried after SLEEP_SYSFAIL).  At start-up ``start`` scans info/
-(queue.md §6): a preprocessed message's channels are due at their files' mtimes,
+(docs/queue.md §6): a preprocessed message's channels are due at their files' mtimes,
 which ``finish`` sets to each channel's next retry time at exit.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""qmail-send TODO: preprocessing of todo/ entries (queue.md §4), S4 → S5.
+"""qmail-send TODO: preprocessing of todo/ entries (docs/queue.md §4), S4 → S5.
 
 todo/ is scanned when the trigger fires, every SLEEP_TODO seconds, and at start-up,
 TODO_BATCH entries per loop turn.  Each entry gets info/<id> and its channel files
 (taken from the spares or created O_EXCL), written but not yet synced.
 
-DURABILITY OF BATCHED PREPROCESSING.  queue.md §4 promises that a message leaves
+DURABILITY OF BATCHED PREPROCESSING.  docs/queue.md §4 promises that a message leaves
 todo/ (S4 → S5) only once its info and channel files are on disk, so a crash at any
 instant either redoes preprocessing from todo/<id> (which first unlinks any
 half-written info/local/remote) or finds complete files.  ``commit`` fsyncs each
@@ -17,7 +17,7 @@ depends on the batch size; batching only lets one journal commit cover many
 messages.  Writeback of every file of the batch is started (sync_file_range) before
 the first fsync; every fsync is still made and checked.
 
-queue.md §4 step 2 (unlink leftovers of an earlier attempt) is needed only for ids
+docs/queue.md §4 step 2 (unlink leftovers of an earlier attempt) is needed only for ids
 in todo/ when this process started, all of which the first full scan meets, and for
 ids whose preprocessing here did not reach S5; an O_EXCL/NOREPLACE create that
 still meets a leftover falls back to it.

@@ -6,7 +6,7 @@ dropped, NUL → ``?``, at most 5000 bytes), writes commands with CRLF, and can 
 upgraded with STARTTLS.  Every timeout, reset or early EOF raises ``Dropped``.
 
 ``DataEncoder`` turns stored message bytes into DATA content that no byte
-sequence can end early at the next hop (spec/smtpd.md, last section): LF → CRLF,
+sequence can end early at the next hop (docs/smtpd.md, "Known weaknesses"): LF → CRLF,
 CRLF kept, a lone CR → CRLF, and *every* emitted line — also one created by
 splitting at a lone CR — is dot-stuffed.  A message not ending in LF raises
 ``PartialLine`` at ``finish()``.

@@ -7,7 +7,7 @@ client (qmail's substdio rule), so replies to pipelined commands go out
 together.  Every read and write has the session timeout.
 
 ``read_data()`` is qmail-smtpd's blast(): it reads the DATA body, un-stuffs and
-stores it with LF line ends, and counts hops, exactly as spec/smtpd.md says:
+stores it with LF line ends, and counts hops, exactly as docs/smtpd.md says:
 
 - only ``\\r\\n.\\r\\n`` (or ``.\\r\\n`` right after the 354) ends the data;
 - ``\\r\\n`` → ``\\n``; a line starting with ``.`` loses the dot;

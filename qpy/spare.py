@@ -10,7 +10,7 @@ that finish with a queue file move it into a spare directory (``queue/spareq`` f
 qmailq's mess and intd/todo inodes, ``queue/spares`` for qmail-send's info and channel
 files) and the programs that need a new one take a spare from there first.
 
-Rules that keep the queue's guarantees (queue.md) exactly as with new files:
+Rules that keep the queue's guarantees (docs/queue.md §2-§3) exactly as with new files:
 
 - A spare is named by its own inode number and has no other link, so it is not a
   message and no queue file refers to its number; taking it makes that number the

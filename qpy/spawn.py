@@ -1,6 +1,6 @@
 """The spawner driver shared by qmail-lspawn and qmail-rspawn (qmail's spawn.c).
 
-PROTOCOL (protocols.md §2), on the spawner's fds:
+PROTOCOL (docs/protocols.md §2), on the spawner's fds:
 
 - at start, fd 1 gets one byte: the slot limit (auto.SPAWN_LIMIT = 120);
 - fd 0 carries commands ``<slot:1 byte><split>/<inode>\\0<sender>\\0<recipient>\\0``

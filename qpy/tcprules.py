@@ -5,7 +5,7 @@ A rule line is ``address:allow`` or ``address:deny`` followed by any number of
 byte-for-byte what ucspi-tcp's tcprules writes: key = the address text (with
 ``1.2.3.37-53`` and ``10.2-3.`` expanded to one key per number), value = ``D\\0``
 if denying, then ``+VAR=value\\0`` per variable.  ``find`` walks the keys in
-tcpserver's lookup order (ucspi-tcp.md); IPv6 addresses also try the prefixes
+tcpserver's lookup order (docs/ucspi-tcp.md); IPv6 addresses also try the prefixes
 ending in ``:``, as the IPv6 patches of ucspi-tcp do.  Extension: a line such as
 ``::1:allow`` or ``2001:db8::allow`` (which ucspi-tcp rejects, its address
 ending at the first ``:``) is read as an IPv6 address or prefix; write IPv6
@@ -151,7 +151,7 @@ def decode(value: bytes) -> Rule:
 
 
 def keys(ip: bytes, host: bytes | None, info: bytes | None) -> Iterator[bytes]:
-    """The keys tcpserver tries, in order (ucspi-tcp.md, "Lookup order")."""
+    """The keys tcpserver tries, in order (docs/ucspi-tcp.md, "Lookup order")."""
     if info is not None:
         yield info + b"@" + ip
         if host is not None:

@@ -1,4 +1,4 @@
-"""queue/lock/tcpto: qmail-remote's memory of hosts whose connect timed out (queue.md §9).
+"""queue/lock/tcpto: qmail-remote's memory of hosts whose connect timed out (docs/queue.md §9).
 
 IPv4 records live in ``queue/lock/tcpto`` exactly as qmail keeps them, so qmail's own
 qmail-tcpto/qmail-tcpok can read and clear the file: 1024 bytes = 64 records × 16

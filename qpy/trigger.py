@@ -1,4 +1,4 @@
-"""The lock/trigger FIFO: qmail-queue pulls it, qmail-send waits on it (protocols.md §5)."""
+"""The lock/trigger FIFO: qmail-queue pulls it, qmail-send waits on it (docs/protocols.md §5)."""
 from __future__ import annotations
 
 import os

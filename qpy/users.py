@@ -61,7 +61,7 @@ def parse_value(value: bytes) -> Entry:
 
 
 def lookup(local: bytes, path: str | None = None) -> Entry | None:
-    """qmail-lspawn's users/cdb lookup for a local part (control.md §3); None = ask qmail-getpw."""
+    """qmail-lspawn's users/cdb lookup for a local part (docs/control.md §3); None = ask qmail-getpw."""
     table = cdb.open_cached(path or auto.path("users", "cdb"))   # kept open: reused while unchanged
     if table is None:
         return None

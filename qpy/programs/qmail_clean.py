@@ -9,7 +9,7 @@ PROTOCOL  in on fd 0: ``foop/<id>\\0`` (unlink intd/<id>, then mess/<id%23>/<id>
           queue is the same step.
           out on fd 1, one byte per request: ``+`` done, ``!`` an unlink failed,
           ``x`` malformed (shorter than 7 or longer than 100 bytes with its NUL, id not
-          all digits, unknown prefix).  (protocols.md §6)
+          all digits, unknown prefix).  (docs/protocols.md §6)
 ALSO      before the first request and every 30 requests, unlinks pid/* files whose
           atime is at least 36 h old: leftovers of a qmail-queue that died (its own
           suicide timer is 24 h, so no live qmail-queue owns them).

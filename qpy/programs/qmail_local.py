@@ -4,7 +4,7 @@ SYNOPSIS  qmail-local [-nN] [--] user homedir local dash ext domain sender defau
 RUNS AS   the recipient (qmail-lspawn's child: warm, or exec'd with QPY_EXEC); umask 077;
           cwd homedir.
 READS     the message on fd 0 (seekable: re-read from offset 0 for every delivery);
-          homedir/.qmail<dash><ext> or the -default files (control.md §4; ext lowercased,
+          homedir/.qmail<dash><ext> or the -default files (docs/control.md §4; ext lowercased,
           ``.`` → ``:``; a name holding ``/`` is never tried, so nothing an address
           holds can reach outside homedir); defaultdelivery when there is no file (with
           an empty dash) or the file is empty; ``$USER`` in defaultdelivery becomes the

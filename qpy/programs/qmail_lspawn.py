@@ -3,7 +3,7 @@
 SYNOPSIS  qmail-lspawn defaultdelivery
 RUNS AS   root in privileged mode (started by qmail-start); the invoking user in
           single-user mode.  cwd QMAILHOME/queue/mess.
-PROTOCOL  qmail-send's spawner protocol (protocols.md §2, qpy.spawn): one byte (120) at
+PROTOCOL  qmail-send's spawner protocol (docs/protocols.md §2, qpy.spawn): one byte (120) at
           start, commands on fd 0, ``<slot><K|Z|D><text>\\0`` reports on fd 1.
 PER COMMAND  a forked child (single-user mode: one of up to 16 reused worker children,
           qpy.spawn WORKERS, each delivery isolated by fd, cwd, umask and signal resets):
@@ -45,7 +45,7 @@ WORKERS = 16
 
 
 def report(status: int, output: bytes) -> bytes:
-    """protocols.md §3: the K/Z/D report for qmail-local's exit status and output."""
+    """docs/protocols.md §3: the K/Z/D report for qmail-local's exit status and output."""
     if status < 0:
         return b"Zqmail-local crashed.\n"
     if status in LOCAL_FIXED:

@@ -2,7 +2,7 @@
 
 SYNOPSIS  qmail-qmqpc        (as $QMAILQUEUE, or in place of bin/qmail-queue)
 RUNS AS   the caller ("user"): it writes nothing locally.
-READS     the message on fd 0, then the envelope on fd 1 (protocols.md §1);
+READS     the message on fd 0, then the envelope on fd 1 (docs/protocols.md §1);
           control/qmqpservers: one server per line, tried in order until one answers:
           ``1.2.3.4``, ``::1`` (port 628), or, a qpy extension, ``1.2.3.4:6280`` and
           ``[::1]:6280``.  Lines that are not addresses are skipped.

@@ -1,4 +1,4 @@
-"""qmail-qmqpd - receive one message by QMQP and queue it (protocols.md §7).
+"""qmail-qmqpd - receive one message by QMQP and queue it (docs/protocols.md §7).
 
 SYNOPSIS  qmail-qmqpd        (under tcpserver, port 628: fd 0/1 = the client)
 RUNS AS   qmaild.

@@ -1,4 +1,4 @@
-"""qmail-qmtpd - receive messages by QMTP and queue them (protocols.md §7).
+"""qmail-qmtpd - receive messages by QMTP and queue them (docs/protocols.md §7).
 
 SYNOPSIS  qmail-qmtpd        (under tcpserver, port 209: fd 0/1 = the client)
 RUNS AS   qmaild.

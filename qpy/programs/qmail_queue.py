@@ -10,7 +10,7 @@ RUNS AS   whoever calls it.  It writes the queue itself when it may: as the queu
           running or is busy, it writes the submission into maildrop/ for
           qmail-pickup instead (qpy.maildrop; SECURITY.md).  umask 033.
 READS     the message on fd 0 (raw bytes, copied verbatim), then the envelope on fd 1:
-          ``F<sender>\\0T<rcpt>\\0…\\0`` (protocols.md §1).
+          ``F<sender>\\0T<rcpt>\\0…\\0`` (docs/protocols.md §1).
 WRITES    nothing on any fd.  mess/<id%23>/<id> = its own Received line + the message;
           intd/<id> and todo/<id> = ``u<uid>\\0p<pid>\\0F…\\0T…\\0``.  As a client
           that falls back: one file maildrop/d<32 hex>, owned by the caller.

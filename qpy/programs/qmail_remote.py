@@ -6,7 +6,7 @@ READS     the message on fd 0, once, front to back (a seekable file or a pipe);
           control/helohost (default me), smtproutes, timeoutconnect, timeoutremote;
           DNS through qpy.resolver ($QPY_NAMESERVERS, control/nameservers);
           queue/lock/tcpto and tcpto6 (qpy.tcpto).
-WRITES    on fd 1 (protocols.md §4): one recipient record per recipient in argv order
+WRITES    on fd 1 (docs/protocols.md §4): one recipient record per recipient in argv order
           (``r\\0`` accepted, ``h<text>\\0`` permanent, ``s<text>\\0`` temporary), then
           exactly one message record ``K|Z|D<text>\\0``.  Failures before RCPT give only
           the message record; a connection that dies mid-way gives fewer recipient

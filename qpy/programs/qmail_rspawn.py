@@ -3,7 +3,7 @@
 SYNOPSIS  qmail-rspawn
 RUNS AS   qmailr (started by qmail-start); the invoking user in single-user mode.
           cwd QMAILHOME/queue/mess.
-PROTOCOL  qmail-send's spawner protocol (protocols.md §2, qpy.spawn): one byte (120) at
+PROTOCOL  qmail-send's spawner protocol (docs/protocols.md §2, qpy.spawn): one byte (120) at
           start, commands on fd 0, ``<slot><K|Z|D><text>\\0`` reports on fd 1.
 AT START  zeroes queue/lock/tcpto (and tcpto6) under their locks, ignoring errors.
 PER COMMAND  a forked child runs ``qmail-remote host sender recipient`` (host = the text
@@ -11,7 +11,7 @@ PER COMMAND  a forked child runs ``qmail-remote host sender recipient`` (host = 
           report pipe: ``$QMAILREMOTE`` (PATH search) when set, warm if it is one of our
           programs (qpy.shim) else exec'd; else QMAILHOME/bin/qmail-remote exec'd when
           QPY_EXEC is set, else qmail-remote warm.
-REPORT    protocols.md §4 "rspawn translation" (``translate``).
+REPORT    docs/protocols.md §4 "rspawn translation" (``translate``).
 TRUSTS    qmail-send for the command stream; re-checks the message file.  qmail-remote's
           output is only cut into records.
 EXIT      0 when fd 0 is at EOF and every delivery is reported; 111 cannot reach the queue.

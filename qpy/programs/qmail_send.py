@@ -6,8 +6,8 @@ FDS       0 log (write) · 1 → qmail-lspawn commands · 2 ← qmail-lspawn rep
           3 → qmail-rspawn commands · 4 ← qmail-rspawn reports · 5 → qmail-clean · 6 ← qmail-clean.
 READS     control/ once at start (locals and virtualdomains again on HUP); todo/<id>,
           info/, local/, remote/, bounce/ and mess/ of the queue; lock/trigger.
-WRITES    info/, local/, remote/, bounce/ files (queue.md §4-§8); log lines on fd 0
-          (protocols.md §8); bounce messages through qmail-queue.
+WRITES    info/, local/, remote/, bounce/ files (docs/queue.md §4, §5, §8); log lines on fd 0
+          (docs/protocols.md §8); bounce messages through qmail-queue.
 TRUSTS    the queue layout; never the contents of a queue file beyond its format (a bad
           record is a warning, never a crash); the spawners' reports only as far as
           their format (slot numbers are checked, reports cut at 10000 bytes).

@@ -16,7 +16,7 @@ WRITES    replies on fd 1; each accepted message through qmail-queue (a warm chi
 TRUSTS    nothing the client sends.  Addresses with control bytes are refused, HELO
           and tcpserver's names are escaped in the Received line, command lines are
           capped at 1 MB, and a 250 after DATA means qmail-queue exited 0.
-DIALOGUE  spec/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
+DIALOGUE  docs/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
           - EHLO advertises PIPELINING, 8BITMIME, SIZE <databytes> (if set),
             ENHANCEDSTATUSCODES, SMTPUTF8, STARTTLS (fd 0 a socket and
             control/servercert.pem present: certificate chain and key in one PEM,

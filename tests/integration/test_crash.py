@@ -3,7 +3,7 @@
 A separate injector process queues 200 numbered messages through qmail-queue
 while the test kills and restarts qmail-start at random moments.  Afterwards
 every accepted message must be in the Maildir, complete, and nothing may have
-bounced.  queue.md §5 allows duplicates only for deliveries in flight when the
+bounced.  docs/queue.md §5 allows duplicates only for deliveries in flight when the
 scheduler dies (done but not yet marked D), so each kill may duplicate at most
 ``concurrencylocal`` deliveries.
 """

@@ -1,4 +1,4 @@
-"""qpy.bounce: bounce/<id> blocks and the QSBMF bounce message (queue.md §8)."""
+"""qpy.bounce: bounce/<id> blocks and the QSBMF bounce message (docs/queue.md §8)."""
 from __future__ import annotations
 
 import os

@@ -26,7 +26,7 @@ READERS = {
 }
 # qmail-send's reads still pass their own defaults until the lead drops them (issue 13);
 # remove this once no file matches.
-# every file qmail's qmail-showctl and control.md §1 know
+# every file qmail's qmail-showctl and docs/control.md §1 know
 QMAIL = ("badmailfrom", "bouncefrom", "bouncehost", "concurrencylocal", "concurrencyremote",
          "databytes", "defaultdomain", "defaulthost", "doublebouncehost", "doublebounceto",
          "envnoathost", "helohost", "idhost", "localiphost", "locals", "me", "morercpthosts",

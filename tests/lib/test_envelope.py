@@ -1,4 +1,4 @@
-"""Envelope encoding and decoding (protocols.md §1)."""
+"""Envelope encoding and decoding (docs/protocols.md §1)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""qpy.log: qmail-send's log lines, byte for byte (protocols.md §8)."""
+"""qpy.log: qmail-send's log lines, byte for byte (docs/protocols.md §8)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""qmail-send's address rewriting (control.md §2)."""
+"""qmail-send's address rewriting (docs/control.md §2)."""
 from __future__ import annotations
 
 from conftest import control

@@ -1,4 +1,4 @@
-"""qpy.schedule: qmail-send's retry formula, lifetime and timed queues (queue.md §7)."""
+"""qpy.schedule: qmail-send's retry formula, lifetime and timed queues (docs/queue.md §7)."""
 from __future__ import annotations
 
 from qpy import schedule

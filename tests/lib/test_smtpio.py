@@ -1,7 +1,7 @@
 """qpy.smtpio on real pipes: command lines, flush rules, timeouts, and the DATA machine.
 
 The DATA machine is checked against ``blast()``, a byte-at-a-time transcription
-of qmail-smtpd.c's blast() (spec/smtpd.md, DATA), on hand-picked and on
+of qmail-smtpd.c's blast() (docs/smtpd.md, DATA), on hand-picked and on
 generated inputs, with tiny read and block sizes so that every boundary case
 (a CRLF split between reads, a line longer than a block) happens.
 """

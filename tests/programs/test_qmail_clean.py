@@ -1,4 +1,4 @@
-"""qmail-clean on real pipes: each reply byte, unlink order, pid/ cleanup (protocols.md §6)."""
+"""qmail-clean on real pipes: each reply byte, unlink order, pid/ cleanup (docs/protocols.md §6)."""
 from __future__ import annotations
 
 import os

@@ -11,7 +11,7 @@ WHEN = 1700000000  # 14 Nov 2023 22:13:20 UTC
 
 
 def preprocess(home, msgid: int, sender: bytes, local: list[bytes], remote: list[bytes]) -> None:
-    """Do qmail-send's preprocessing by hand (queue.md §4): info, local, remote; drop todo/intd."""
+    """Do qmail-send's preprocessing by hand (docs/queue.md §4): info, local, remote; drop todo/intd."""
     q = home / "queue"
     (q / queuedir.info(msgid)).write_bytes(b"F" + sender + b"\0")
     if local:

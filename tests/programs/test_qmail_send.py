@@ -1,6 +1,6 @@
 """qmail-send as a real process between a real qmail-clean and two small spawner peers.
 
-The peers (FAKE_SPAWN below) speak the spawner protocol of protocols.md §2: they
+The peers (FAKE_SPAWN below) speak the spawner protocol of docs/protocols.md §2: they
 write their slot-limit byte, read ``<slot><split>/<id>\\0<sender>\\0<recip>\\0``
 commands, record each one, and answer by the recipient's local part: ``ok…`` K,
 ``tmp…`` Z, ``perm…`` D, ``blank…`` D with a blank line in the report, ``huge…`` D
@@ -689,7 +689,7 @@ def test_held_remote_deliveries_never_hold_back_local_mail(home, send_factory):
 
 def test_leftovers_of_a_killed_preprocessing_are_removed_first(home, send_factory):
     # A qmail-send killed while preprocessing leaves channel files beside todo/<id>; the
-    # next one must unlink them before preprocessing again (queue.md §4 step 2), even for
+    # next one must unlink them before preprocessing again (docs/queue.md §4 step 2), even for
     # the ids of the last batch of its first todo/ scan, and even when info/ is missing.
     msgid = queue(MSG, b"joe@a.example", [b"ok.real@test.example"])
     qfile(home, queuedir.remote(msgid)).write_bytes(b"Tstale@remote.example\0")

@@ -208,7 +208,7 @@ TXN = b"HELO x\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<a@test.example>\r\nDATA\r\
 
 @pytest.mark.parametrize("code,reply", QQ_REPLIES)
 def test_reply_for_each_qmail_queue_exit_code(home, tmp_path, code, reply):
-    """Only exit 0 gets 250; every other code gets qmail_close()'s text (protocols.md §1)."""
+    """Only exit 0 gets 250; every other code gets qmail_close()'s text (docs/protocols.md §1)."""
     qq = tmp_path / "qq"
     body = "cat >/dev/null; cat <&1 >/dev/null; "
     if code == 82:

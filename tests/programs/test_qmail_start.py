@@ -1,4 +1,4 @@
-"""qmail-start's process tree: fds, arguments, accounts (programs.md "Delivery daemons").
+"""qmail-start's process tree: fds, arguments, accounts (docs/programs.md "Delivery daemons").
 
 With QPY_EXEC=1 qmail-start execs QMAILHOME/bin/<program>; here those are small
 programs that record what they were given (open fds and which pipe each is,
