@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,18 @@ def test_shipped_control_files_restate_builtin_defaults():
     assert shipped == expected
     for name in hier.CONTROL_FROM_DEFAULT:
         assert shipped[name] == b"%d\n" % controlfiles.entry(name).default
+
+
+def test_no_file_over_700_lines_and_no_class_over_350():
+    for path in (ROOT / "qpy").rglob("*.py"):
+        text = path.read_text()
+        assert text.count("\n") <= 700, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno - node.lineno < 350, (path, node.name)
+
+
+def test_internals_lists_every_library_module():
+    listed = set(re.findall(r"^- `(\w+)` — ", (ROOT / "INTERNALS.md").read_text(), re.M))
+    modules = {p.stem for p in (ROOT / "qpy").glob("*.py")} - {"__init__"}
+    assert listed == modules

@@ -110,6 +110,7 @@ class Config:
         self.localip = var("TCPLOCALIP")
         self.localhost = var("TCPLOCALHOST") or self.localip or b"unknown"
         self.relayclient = var("RELAYCLIENT")
+        self._own_ips: set[bytes] | None = None
 
     def rcpthost_ok(self, address: bytes) -> bool:
         """qmail's rcpthosts(): no @, no rcpthosts file, or the domain is listed."""
@@ -125,6 +126,35 @@ class Config:
         lower = address.lower()
         at = lower.rfind(b"@")
         return lower in self.badmailfrom or (at >= 0 and lower[at:] in self.badmailfrom)
+
+    def own_ip(self, literal: bytes) -> bool:
+        """True if ``a.b.c.d`` or ``IPv6:…`` is one of this host's addresses."""
+        import socket
+        try:
+            if literal[:5].lower() == b"ipv6:":
+                packed = socket.inet_pton(socket.AF_INET6, literal[5:].decode("ascii"))
+                if packed[:12] == b"\0" * 10 + b"\xff\xff":
+                    packed = packed[12:]
+            else:
+                packed = socket.inet_pton(socket.AF_INET, literal.decode("ascii"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        if self._own_ips is None:
+            from qpy import mx
+            try:
+                texts = mx.own_ips()
+            except QmailError:
+                raise Exit(1, b"421 unable to figure out my IP addresses (#4.3.0)")
+            if self.localip is not None:
+                texts.add(os.fsdecode(self.localip))
+            self._own_ips = set()
+            for text in texts:
+                try:
+                    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+                    self._own_ips.add(socket.inet_pton(family, text))
+                except OSError:
+                    pass
+        return packed in self._own_ips
 
 
 _CONTROL = bytes(range(32)) + b"\x7f"
@@ -188,7 +218,6 @@ class Session:
         self.socket = _is_socket(conn.rfd)
         self.tls = False
         self.reset_session()
-        self._own_ips: set[bytes] | None = None
         self._checker = None
 
     def reset_session(self) -> None:
@@ -449,40 +478,11 @@ class Session:
         address, rest = parsed
         at = address.rfind(b"@")
         if (self.cfg.localiphost is not None and at >= 0 and address[at + 1:at + 2] == b"["
-                and address.endswith(b"]") and self.own_ip(address[at + 2:-1])):
+                and address.endswith(b"]") and self.cfg.own_ip(address[at + 2:-1])):
             address = address[:at + 1] + self.cfg.localiphost
         if len(address) > MAX_ADDR:
             return None
         return address, rest
-
-    def own_ip(self, literal: bytes) -> bool:
-        """True if ``a.b.c.d`` or ``IPv6:…`` is one of this host's addresses."""
-        import socket
-        try:
-            if literal[:5].lower() == b"ipv6:":
-                packed = socket.inet_pton(socket.AF_INET6, literal[5:].decode("ascii"))
-                if packed[:12] == b"\0" * 10 + b"\xff\xff":
-                    packed = packed[12:]
-            else:
-                packed = socket.inet_pton(socket.AF_INET, literal.decode("ascii"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            return False
-        if self._own_ips is None:
-            from qpy import mx
-            try:
-                texts = mx.own_ips()
-            except QmailError:
-                raise Exit(1, b"421 unable to figure out my IP addresses (#4.3.0)")
-            if self.cfg.localip is not None:
-                texts.add(os.fsdecode(self.cfg.localip))
-            self._own_ips = set()
-            for text in texts:
-                try:
-                    family = socket.AF_INET6 if ":" in text else socket.AF_INET
-                    self._own_ips.add(socket.inet_pton(family, text))
-                except OSError:
-                    pass
-        return packed in self._own_ips
 
     def recipient_known(self, address: bytes) -> bool:
         """control/rcptcheck: False only for a local address certain to have no mailbox."""
