@@ -27,6 +27,7 @@ from qpy.send_info import Messages
 from qpy.send_queues import Queues
 
 PASS_BATCH = 64         # passes per channel per loop turn
+READ_CHUNK = 65536      # bytes of a channel file read at a time
 
 
 @dataclass(eq=False)
@@ -55,11 +56,38 @@ class Delivery:
 
 @dataclass(eq=False)
 class Pass:
-    """Reading a channel file: its contents and the offset of the next record."""
+    """Reading a channel file, READ_CHUNK bytes at a time (memory does not grow with the
+    number of recipients): the window ``data`` starts at file offset ``base``."""
 
     job: Job
-    data: bytes
-    pos: int = 0
+    fd: int
+    data: bytes = b""
+    base: int = 0
+    pos: int = 0            # index in data of the next record
+    eof: bool = False
+
+    def peek(self) -> tuple[int, bytes] | None:
+        """The next complete record: (its file offset, its bytes without the NUL); None at
+        the end of the file (a trailing partial record is not a record).  OSError on trouble."""
+        while True:
+            end = self.data.find(b"\0", self.pos)
+            if end != -1:
+                return self.base + self.pos, self.data[self.pos:end]
+            if self.eof:
+                return None
+            chunk = os.pread(self.fd, READ_CHUNK, self.base + len(self.data))
+            self.base += self.pos
+            self.data = self.data[self.pos:] + chunk
+            self.pos = 0
+            self.eof = not chunk
+
+    def advance(self, record: bytes) -> None:
+        """Step past the record peek() returned."""
+        self.pos += len(record) + 1
+
+    def close(self) -> None:
+        """Close the channel file."""
+        fdio.close_quietly(self.fd)
 
 
 def verp(sender: bytes, recip: bytes) -> bytes:
@@ -150,11 +178,13 @@ class Deliveries:
             self.messages.first_local_pass(msgid)
         path = queuedir.channel(c, msgid)
         try:
-            data, _ = fdio.read_file(path)
+            fd: int | None = os.open(path, os.O_RDONLY)
         except OSError:
-            data = None
-        info = self.messages.info(msgid) if data is not None else None
-        if data is None or info is None:
+            fd = None
+        info = self.messages.info(msgid) if fd is not None else None
+        if fd is None or info is None:
+            if fd is not None:
+                os.close(fd)
             self.core.log.warning(f"trouble opening {path}; will try again later")
             self.queues.chan[c].add(msgid, self.core.recent + SLEEP_SYSFAIL)
             return None
@@ -163,8 +193,16 @@ class Deliveries:
         job = Job(msgid, c, next_retry(birth, recent, c), sender,
                   dying(birth, recent, self.core.controls.lifetime))
         self.jobs_open += 1
-        p = self.passes[c] = Pass(job, data)
+        p = self.passes[c] = Pass(job, fd)
         return p
+
+    def end_pass(self, c: int, p: Pass, hiteof: bool) -> None:
+        """The pass is over: at the end of its file, or cut short by a read error
+        (then the job is rescheduled, as after a deferral)."""
+        p.close()
+        p.job.hiteof = hiteof
+        self.passes[c] = None
+        self.job_close(p.job)
 
     def pass_step(self, c: int) -> bool:
         """Advance or open one pass; True if it hit its end (another may start now)."""
@@ -173,21 +211,26 @@ class Deliveries:
             return False
         sp = self.comm.spawners[c]
         while True:
-            end = p.data.find(b"\0", p.pos)
-            if end == -1:  # end of file (a trailing partial record is not a record)
-                p.job.hiteof = True
-                self.passes[c] = None
-                self.job_close(p.job)
+            try:
+                found = p.peek()
+            except OSError:
+                path = queuedir.channel(c, p.job.msgid)
+                self.core.log.warning(f"trouble reading {path}; will try again later")
+                self.end_pass(c, p, hiteof=False)
+                return False
+            if found is None:
+                self.end_pass(c, p, hiteof=True)
                 return True
-            kind = p.data[p.pos:p.pos + 1]
+            offset, record = found
+            kind = record[:1]
             if kind == b"T":
                 if not sp.available():
                     return False
                 p.job.numtodo += 1
-                self.del_start(p.job, p.pos, p.data[p.pos + 1:end])
+                self.del_start(p.job, offset, record[1:])
             elif kind != b"D":
                 self.core.log.warning(f"unknown record type in {queuedir.channel(c, p.job.msgid)}!")
-            p.pos = end + 1
+            p.advance(record)
 
     # -- deliveries
     def del_start(self, job: Job, mpos: int, recip: bytes) -> None:

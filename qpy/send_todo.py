@@ -42,24 +42,70 @@ from qpy.send_info import Messages
 from qpy.send_queues import Queues
 
 TODO_BATCH = 32         # todo/ entries preprocessed per loop turn
+CHUNK = 65536           # bytes read from todo/ and buffered per written file, at most
 PREP_AHEAD = 2 * TODO_BATCH  # preprocessed local channel files whose first pass has not begun, at most
 
 
 @dataclass(eq=False)
 class Prep:
-    """A todo/ entry written out but not yet synced: its open files by path."""
+    """A todo/ entry being written out, not yet synced: its open files by path, and for
+    each what is buffered and how much is written (memory stays bounded by CHUNK per
+    file, however many recipients the message has)."""
 
     msgid: int
     files: dict[str, int] = field(default_factory=dict)
     channels: list[bool] = field(default_factory=lambda: [False, False])
     info: tuple[bytes, int] | None = None     # (sender, birth) as info/<id> holds them
     reused: set[int] = field(default_factory=set)   # fds of spares: trimmed after writing
+    pending: dict[str, bytearray] = field(default_factory=dict)
+    written: dict[str, int] = field(default_factory=dict)
+
+    def put(self, path: str, data: bytes) -> None:
+        """Append to ``path``'s bytes, writing out every CHUNK; OSError on trouble."""
+        buf = self.pending.setdefault(path, bytearray())
+        buf += data
+        if len(buf) >= CHUNK:
+            self.write(path)
+
+    def write(self, path: str) -> None:
+        """Write out what is buffered for ``path``; OSError on trouble."""
+        buf = self.pending.setdefault(path, bytearray())
+        fdio.write_all(self.files[path], buf)
+        self.written[path] = self.written.get(path, 0) + len(buf)
+        buf.clear()
+
+    def finish(self) -> str | None:
+        """Write out everything and cut reused spares to length; the path that failed, if any."""
+        for path in list(self.pending):
+            try:
+                self.write(path)
+                if self.files[path] in self.reused:
+                    spare.trim(self.files[path], self.written[path])
+            except OSError:
+                return path
+        return None
 
     def close(self) -> None:
         """Close every file still open."""
         for fd in self.files.values():
             fdio.close_quietly(fd)
         self.files = {}
+
+
+def records_of(fd: int) -> Iterator[bytes]:
+    """The NUL-terminated records of a file, read CHUNK bytes at a time (a trailing
+    partial record is dropped); OSError on a read error."""
+    rest = b""
+    while chunk := os.read(fd, CHUNK):
+        parts = (rest + chunk).split(b"\0")
+        rest = parts.pop()
+        yield from parts
+
+
+def complete(fd: int) -> bool:
+    """True if the file is empty or ends with a NUL; OSError on trouble."""
+    size = os.fstat(fd).st_size
+    return size == 0 or os.pread(fd, 1, size - 1) == b"\0"
 
 
 class Todo:
@@ -113,15 +159,38 @@ class Todo:
 
     def preprocess(self, msgid: int) -> Prep | None:
         """Write info/<id> and the channel files from todo/<id>; nothing is synced yet."""
-        lg = self.core.log
         leftovers = not self.scanned or msgid in self.open
         self.open.add(msgid)      # until S5 is reached (commit)
         todo = queuedir.todo(msgid)
         try:
-            data, _ = fdio.read_file(todo)
+            fd = os.open(todo, os.O_RDONLY)
         except OSError:
-            lg.warning(f"unable to open {todo}")
+            self.core.log.warning(f"unable to open {todo}")
             return None
+        try:
+            prep = self.prepare(msgid, fd, leftovers)
+        finally:
+            os.close(fd)
+        if prep is None:
+            return None
+        failed = prep.finish()
+        if failed is not None:
+            self.core.log.warning(f"trouble writing to {failed}")
+            prep.close()
+            return None
+        if prep.info is not None:
+            try:
+                birth = int(os.fstat(prep.files[queuedir.info(msgid)]).st_mtime)
+            except OSError:
+                prep.info = None
+            else:
+                prep.info = (prep.info[0], birth)
+        return prep
+
+    def prepare(self, msgid: int, fd: int, leftovers: bool) -> Prep | None:
+        """Steps 1-4 for the open todo/<id>: a Prep with every record handed out, or None
+        after a warning (its files closed)."""
+        lg = self.core.log
         path = queuedir.mess(msgid)
         try:
             size = os.stat(path).st_size  # just for the log
@@ -132,66 +201,56 @@ class Todo:
         if not self.create_info(prep, leftovers):
             return None
         lg.line(log.new_msg(msgid))
-        if data and not data.endswith(b"\0"):
-            lg.warning(f"trouble reading {todo}")
+        prep.pending[queuedir.info(msgid)] = bytearray()
+        try:
+            whole = complete(fd)
+            ok = whole and self.records(prep, fd, size)
+        except OSError:
+            whole = ok = False
+        if not whole:
+            lg.warning(f"trouble reading {queuedir.todo(msgid)}")
+        if not ok:
             prep.close()
             return None
-        out = self.records(prep, data, size)
-        if out is None:
-            prep.close()
-            return None
-        for path, buf in out.items():
-            try:
-                fd = prep.files[path]
-                fdio.write_all(fd, buf)
-                if fd in prep.reused:
-                    spare.trim(fd, len(buf))
-            except OSError:
-                lg.warning(f"trouble writing to {path}")
-                prep.close()
-                return None
-        info = out[queuedir.info(msgid)]
-        if info[:1] == b"F":
-            try:
-                birth = int(os.fstat(prep.files[queuedir.info(msgid)]).st_mtime)
-            except OSError:
-                birth = None
-            if birth is not None:
-                prep.info = (bytes(info[1:info.index(b"\0")]), birth)
         return prep
 
-    def records(self, prep: Prep, data: bytes, size: int) -> dict[str, bytearray] | None:
-        """Step 4: each todo record into the bytes of info/<id> and the channel files
-        (created on first use); None after a warning on trouble."""
+    def records(self, prep: Prep, fd: int, size: int) -> bool:
+        """Step 4: each todo record into info/<id> and the channel files (created on first
+        use); False after a warning on trouble.  OSError if todo/<id> cannot be read."""
         msgid = prep.msgid
         lg = self.core.log
-        out: dict[str, bytearray] = {queuedir.info(msgid): bytearray()}
         uid = pid = 0
-        for record in data.split(b"\0")[:-1]:
+        for record in records_of(fd):
             kind, value = record[:1], record[1:]
             if kind == b"u":
                 uid = scan.ulong(value)
             elif kind == b"p":
                 pid = scan.ulong(value)
-            elif kind == b"F":
-                out[queuedir.info(msgid)] += record + b"\0"
-                lg.line(log.info_msg(msgid, size, value, pid, uid))
-            elif kind == b"T":
-                c, address = self.core.rewriter.rewrite(value)
-                path = queuedir.channel(c, msgid)
-                if not prep.channels[c]:
-                    try:
-                        self.create(prep, path)
-                    except OSError:
-                        lg.warning(f"unable to create {path}")
-                        return None
-                    prep.channels[c] = True
-                    out[path] = bytearray()
-                out[path] += b"T" + address + b"\0"
+            elif kind in (b"F", b"T"):
+                if kind == b"F":
+                    path, data = queuedir.info(msgid), record + b"\0"
+                    if prep.info is None:
+                        prep.info = (value, 0)
+                    lg.line(log.info_msg(msgid, size, value, pid, uid))
+                else:
+                    c, address = self.core.rewriter.rewrite(value)
+                    path, data = queuedir.channel(c, msgid), b"T" + address + b"\0"
+                    if not prep.channels[c]:
+                        try:
+                            self.create(prep, path)
+                        except OSError:
+                            lg.warning(f"unable to create {path}")
+                            return False
+                        prep.channels[c] = True
+                try:
+                    prep.put(path, data)
+                except OSError:
+                    lg.warning(f"trouble writing to {path}")
+                    return False
             else:
                 lg.warning(f"unknown record type in {queuedir.todo(msgid)}")
-                return None
-        return out
+                return False
+        return True
 
     # -- the batch
     def sync(self, preps: list[Prep]) -> list[Prep]:

@@ -174,3 +174,34 @@ def test_reports_mark_records_done_and_the_last_one_finishes_the_message(home, s
     assert sections.messages.get(msgid).bounced
     os.close(cmd_r)
     os.close(cmd_w)
+
+
+def test_many_recipients_are_preprocessed_and_passed_in_chunks(home, sections):
+    """200 000 recipients: files written CHUNK by CHUNK, a pass reads its file a window at a
+    time; records straddling the windows come out whole, at their exact offsets."""
+    n = 200_000
+    rcpts = [b"r%06d@remote%d.example" % (i, i % 3) for i in range(n)]
+    msgid = queue(home, b"a@x.example", rcpts)
+    sections.todo.do(readable=set())
+    path = q(home, queuedir.remote(msgid))
+    assert path.read_bytes() == b"".join(b"T" + r + b"\0" for r in rcpts)
+    # mark every third record done, as earlier deliveries would have
+    data = bytearray(path.read_bytes())
+    offsets, pos = [], 0
+    for i, r in enumerate(rcpts):
+        offsets.append(pos)
+        if i % 3 == 0:
+            data[pos:pos + 1] = b"D"
+        pos += len(r) + 2
+    path.write_bytes(bytes(data))
+    sections.queues.chan[1].pop()
+    sections.queues.chan[1].add(msgid, 0)
+    job_pass = sections.jobs.open_pass(1)
+    seen = []
+    while (found := job_pass.peek()) is not None:
+        offset, record = found
+        if record[:1] == b"T":
+            seen.append((offset, record[1:]))
+        job_pass.advance(record)
+    job_pass.close()
+    assert seen == [(offsets[i], r) for i, r in enumerate(rcpts) if i % 3]
