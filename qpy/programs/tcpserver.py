@@ -1,7 +1,8 @@
 """tcpserver - accept TCP connections and run a program for each (ucspi-tcp 0.88 compatible).
 
-SYNOPSIS  tcpserver [-1UXpPhHrRoOdDqQv4] [-c limit] [-x rules.cdb] [-B banner] [-g gid]
-          [-u uid] [-b backlog] [-l localname] [-t timeout] host port prog [arg ...]
+SYNOPSIS  tcpserver [-1UXpPhHrRoOdDqQv4] [-c limit] [-C perclient[:message]] [-x rules.cdb]
+          [-B banner] [-g gid] [-u uid] [-b backlog] [-l localname] [-t timeout]
+          host port prog [arg ...]
 RUNS AS   root when it must bind a low port: it binds, then sets -g gid and -u uid
           (numeric) before accepting anything; otherwise any user.
 HOST      ``0`` or empty: every local address, IPv6 and IPv4 on one ``::`` socket
@@ -14,10 +15,18 @@ CHILD     per connection: banner (-B) → names (PTR unless -H; local unless -l)
           rule variables applied last) → fd 0 and 1 = the socket → prog.  A program of
           ours (qpy.chain) runs warm in the child, without an exec; anything else, or
           everything with QPY_EXEC=1, is exec'd through $PATH.
+LIMITS    -c: at most ``limit`` children; further clients wait in the listen queue.
+          -C (qpy, as tcpsvd's -C n:msg): at most ``perclient`` of them for one client
+          address (an IPv6 client: its /64).  A client over that limit is refused by the
+          parent at once, before anything else: it writes ``message`` and CRLF if given,
+          closes, and forks nothing (no slot, no DNS).  Stress (qpy, as Postfix's stress
+          mode): a connection accepted while at least 3/4 of the -c slots are in use runs
+          with QPYSTRESS=1 (qmail-smtpd then uses short timeouts); others without it.
 LOG       fd 2, -v: ``tcpserver: status: n/limit``, ``pid P from IP``, ``ok|deny P
           lhost:lip:lport rhost:rip:rinfo:rport`` (unsafe bytes and ``:`` → ``?``, except
           the ``:`` of IPv6 addresses; values cut at 100 with ``...``), ``end P status W``.
-          -Q (default) errors only, -q nothing.
+          -Q (default) errors only, -q nothing.  -v also logs ``busy IP n/perclient``
+          for each client refused by -C.
 TRUSTS    nothing from the network; the rules cdb and the command line are the admin's.
 EXIT      parent: 0 on SIGTERM (children keep running), 100 usage, 111 fatal.
           child: 100 denied by the rules, 111 dropped (rules unreadable, banner or exec
@@ -28,6 +37,7 @@ from __future__ import annotations
 import errno
 import gc
 import getopt
+import ipaddress
 import os
 import select
 import signal
@@ -39,13 +49,15 @@ from dataclasses import dataclass
 from qpy import chain, errstr, fdio, prot, scan, tcpenv, tcprules, warm
 from qpy.errors import CdbError, Exit, QmailError
 
-USAGE = ("tcpserver: usage: tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] "
+USAGE = ("tcpserver: usage: tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -C perclient[:msg] ] "
+         "[ -x rules.cdb ] "
          "[ -B banner ] [ -g gid ] [ -u uid ] [ -b backlog ] [ -l localname ] [ -t timeout ] "
          "host port program")
 FATAL = "tcpserver: fatal: "                              # an Exit before serving
 DROP = "tcpserver: warning: dropping connection, "        # an Exit in a connection's child
-OPTSTRING = "dDvqQhHrR1UXx:t:u:g:l:b:B:c:pPoO4"
+OPTSTRING = "dDvqQhHrR1UXx:t:u:g:l:b:B:c:C:pPoO4"
 DNS_TIMEOUT = 30.0
+STRESS = "QPYSTRESS"            # set to 1 in a child accepted while the slots are nearly full
 
 
 @dataclass
@@ -53,6 +65,8 @@ class Options:
     """The command line, with ucspi-tcp's defaults."""
 
     limit: int = 40
+    per_client: int = 0         # -C: 0 = no per-client limit
+    busy_message: bytes = b""   # -C n:message, sent (with CRLF) to a client over it
     backlog: int = 20
     rules: str | None = None
     allow_norules: bool = False
@@ -94,6 +108,12 @@ def parse_args(argv: list[str]) -> tuple[Options, str, str, list[str]]:
             setattr(opts, *_FLAGS[flag])
         elif flag in _NUMBERS:
             setattr(opts, _NUMBERS[flag], scan.ulong(value))
+        elif flag == "-C":
+            count, colon, message = value.partition(":")
+            opts.per_client = scan.ulong(count)
+            if not opts.per_client:
+                raise Exit(100, USAGE)
+            opts.busy_message = os.fsencode(message) + b"\r\n" if colon and message else b""
         elif flag == "-x":
             opts.rules = value
         elif flag == "-B":
@@ -337,7 +357,7 @@ def run_program(argv: list[str], log: Log) -> int:
 
 
 def child(csock: socket.socket, remote: tuple, closing: list[int], opts: Options,
-          argv: list[str], log: Log) -> None:
+          argv: list[str], log: Log, stress: bool = False) -> None:
     """The forked child: serve one connection and never return."""
     code = 111
     try:
@@ -346,6 +366,10 @@ def child(csock: socket.socket, remote: tuple, closing: list[int], opts: Options
             signal.signal(sig, signal.SIG_DFL)
         for fd in closing:
             os.close(fd)
+        if stress:
+            os.environ[STRESS] = "1"
+        else:
+            os.environ.pop(STRESS, None)
         try:
             code = 100 if setup(csock, remote, opts, log) else -1
         except Exit as e:
@@ -370,12 +394,23 @@ def child(csock: socket.socket, remote: tuple, closing: list[int], opts: Options
 # ---------------------------------------------------------------- parent
 
 
+def client_key(address: str) -> str:
+    """What -C counts by: an IPv4 address, or the /64 of an IPv6 one (one site's LAN)."""
+    text, v6 = tcpenv.ip_text(address)
+    if not v6:
+        return text
+    return str(ipaddress.IPv6Network((text, 64), strict=False).network_address)
+
+
 class Server:
-    """The accept loop: at most ``limit`` children; SIGCHLD wakes it through a pipe."""
+    """The accept loop: at most ``limit`` children, at most ``per_client`` of them for one
+    client address; SIGCHLD wakes it through a pipe."""
 
     def __init__(self, sock: socket.socket, opts: Options, argv: list[str], log: Log) -> None:
         self.sock, self.opts, self.argv, self.log = sock, opts, argv, log
         self.children = 0
+        self.clients: dict[int, str] = {}     # pid → client_key, for -C
+        self.per_client: dict[str, int] = {}  # client_key → running children
         self.wake = fdio.SelfPipe()
         sock.setblocking(False)
 
@@ -388,6 +423,13 @@ class Server:
             self.log.write(f"tcpserver: end {pid} status {wstat}", 2)
             if self.children:
                 self.children -= 1
+            key = self.clients.pop(pid, None)
+            if key is not None:
+                left = self.per_client.get(key, 1) - 1
+                if left > 0:
+                    self.per_client[key] = left
+                else:
+                    self.per_client.pop(key, None)
             self.status()
 
     def serve(self) -> None:
@@ -412,6 +454,12 @@ class Server:
             csock, remote = self.sock.accept()
         except OSError:
             return
+        key = client_key(remote[0]) if self.opts.per_client else ""
+        if self.opts.per_client and self.per_client.get(key, 0) >= self.opts.per_client:
+            self.refuse(csock, key)
+            return
+        # Stress: at least 3/4 of the slots were busy when this client came in.
+        stress = self.children * 4 >= self.opts.limit * 3
         self.children += 1
         self.status()
         try:
@@ -424,7 +472,21 @@ class Server:
             return
         if pid == 0:
             child(csock, remote, [self.sock.detach(), self.wake.r, self.wake.w], self.opts,
-                  self.argv, self.log)
+                  self.argv, self.log, stress)
+        if self.opts.per_client:
+            self.clients[pid] = key
+            self.per_client[key] = self.per_client.get(key, 0) + 1
+        csock.close()
+
+    def refuse(self, csock: socket.socket, key: str) -> None:
+        """-C: a client over its limit gets the message, if any, and is closed; no child."""
+        self.log.write(f"tcpserver: busy {key} {self.per_client[key]}/{self.opts.per_client}", 2)
+        if self.opts.busy_message:
+            try:
+                # A fresh socket's send buffer always holds one short line: never blocks.
+                csock.send(self.opts.busy_message, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
         csock.close()
 
 

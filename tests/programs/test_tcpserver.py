@@ -334,3 +334,92 @@ def test_u_g_and_U_drop_to_numeric_ids_after_binding(home):
     for opts, env in ((["-u", "65534", "-g", "65533"], {}), (["-U"], {"UID": "65534", "GID": "65533"})):
         with TCPServer(home, QUIET + opts, prog, env=env) as srv:
             assert talk(srv.host, srv.port) == b"65534\n65533\n65533\n"
+
+
+HOLD = ["sh", "-c", "echo start; read line; echo done"]
+
+
+def connect_from(source: str, host: str, port: int) -> socket.socket:
+    """A client socket bound to the loopback address ``source`` (127.0.0.2 is another client)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.bind((source, 0))
+    s.connect((host, port))
+    return s
+
+
+def test_per_client_limit_refuses_the_excess_with_its_message_and_serves_others(home):
+    busy = "421 too many connections from your address (#4.7.0)"
+    with TCPServer(home, ["-v", *QUIET, "-c", "4", "-C", f"2:{busy}"], HOLD) as srv:
+        a, b = (connect_from("127.0.0.1", srv.host, srv.port) for _ in range(2))
+        assert a.recv(100) == b.recv(100) == b"start\n"
+        c = connect_from("127.0.0.1", srv.host, srv.port)
+        assert read_all(c) == busy.encode() + b"\r\n"      # refused at once, not queued
+        d = connect_from("127.0.0.2", srv.host, srv.port)
+        assert d.recv(100) == b"start\n"                   # another address still gets a slot
+        a.sendall(b"x\n")
+        assert read_all(a) == b"done\n"
+        srv.wait_log(" end ")
+        e = connect_from("127.0.0.1", srv.host, srv.port)  # the address is below its limit again
+        assert e.recv(100) == b"start\n"
+        for s in (b, c, d, e):
+            s.close()
+        log = srv.wait_log(" end ", 4)
+    assert "tcpserver: busy 127.0.0.1 2/2\n" in log
+    assert log.count("tcpserver: pid ") == 4               # no child for the refused client
+    assert "status: 4/4" not in log
+
+
+def test_with_every_slot_taken_a_new_address_is_served_when_one_frees(home):
+    """One address floods the listen queue; the honest client behind it gets the freed slot."""
+    with TCPServer(home, ["-v", *QUIET, "-c", "3", "-C", "2"], HOLD) as srv:
+        held = [connect_from(ip, srv.host, srv.port) for ip in ("127.0.0.1", "127.0.0.1", "127.0.0.3")]
+        assert all(s.recv(100) == b"start\n" for s in held)
+        flood = [connect_from("127.0.0.1", srv.host, srv.port) for _ in range(5)]
+        honest = connect_from("127.0.0.2", srv.host, srv.port)
+        for _ in range(300):
+            if _accept_queue(srv.port) == 6:
+                break
+            time.sleep(0.01)
+        assert _accept_queue(srv.port) == 6                 # all slots busy: nobody accepted
+        held[2].sendall(b"x\n")
+        assert read_all(held[2]) == b"done\n"
+        assert honest.recv(100) == b"start\n"
+        assert all(read_all(s) == b"" for s in flood)      # no message configured: just closed
+        honest.sendall(b"y\n")
+        assert read_all(honest) == b"done\n"
+        for s in held[:2]:
+            s.sendall(b"z\n")
+            assert read_all(s) == b"done\n"
+        for s in (*held, *flood, honest):
+            s.close()
+        log = srv.wait_log(" end ", 4)
+    assert log.count("tcpserver: busy 127.0.0.1 2/2") == 5
+
+
+def test_per_client_limit_must_be_positive(home):
+    for bad in ("0", "x", ":msg"):
+        r = run(home, "tcpserver", ["-C", bad, "127.0.0.1", "0", "true"])
+        assert r.returncode == 100, bad
+        assert r.stderr.startswith(b"tcpserver: usage: ")
+
+
+def test_stress_is_set_only_while_three_quarters_of_the_slots_are_busy(home):
+    prog = ["sh", "-c", 'echo "${QPYSTRESS-none}"; read line']
+    # An inherited QPYSTRESS does not leak into connections accepted without stress.
+    with TCPServer(home, [*QUIET, "-c", "4"], prog, env={"QPYSTRESS": "1"}) as srv:
+        clients = [connect(srv.host, srv.port) for _ in range(4)]
+        seen = [s.recv(100) for s in clients]      # 0, 1, 2 and then 3 of 4 slots were busy
+        assert seen == [b"none\n", b"none\n", b"none\n", b"1\n"]
+        for s in clients:
+            s.sendall(b"x\n")
+            assert read_all(s) == b""
+            s.close()
+        for _ in range(300):
+            with connect(srv.host, srv.port) as s:
+                first = s.recv(100)
+                s.sendall(b"x\n")
+            if first == b"none\n":
+                break
+            time.sleep(0.01)                       # (the four may not all be reaped yet)
+        assert first == b"none\n"
