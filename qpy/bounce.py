@@ -36,6 +36,7 @@ class Settings:
     bouncefrom: bytes = b"MAILER-DAEMON"
     bouncehost: bytes = b"bouncehost"
     doublebounceto: bytes = b"postmaster@doublebouncehost"
+    maxbytes: int = 0       # bytes of the original message copied (whole lines); 0: all
 
 
 def strip_vdom_prepend(recip: bytes, virtualdomains: dict[bytes, bytes]) -> bytes:
@@ -122,14 +123,20 @@ def compose_middle(sender: bytes, double: bool) -> bytes:
     return sep + b"Return-Path: <" + quote2(sender) + b">\n"
 
 
-def _copy(job: qmailq.QueueJob, path: str) -> None:
-    """Feed a file to the queue job; OSError if it cannot be read."""
+def _copy(job: qmailq.QueueJob, path: str, limit: int = 0) -> None:
+    """Feed a file to the queue job, at most ``limit`` bytes of whole lines if ``limit``;
+    OSError if it cannot be read."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        while True:
-            chunk = os.read(fd, CHUNK)
+        left = limit or -1
+        while left:
+            chunk = os.read(fd, CHUNK if left < 0 else min(CHUNK, left))
             if not chunk:
                 return
+            if left > 0:
+                left -= len(chunk)
+                if not left and os.read(fd, 1):     # cut: end at the last whole line
+                    chunk = chunk[:chunk.rfind(b"\n") + 1]
             job.put(chunk)
     finally:
         os.close(fd)
@@ -155,7 +162,7 @@ def inject(bounce_path: str, mess_path: str, info_sender: bytes, settings: Setti
         job.put(compose_head(settings, recipient, double, when))
         _copy(job, bounce_path)
         job.put(compose_middle(sender, double))
-        _copy(job, mess_path)
+        _copy(job, mess_path, settings.maxbytes)
     except OSError as e:
         job.abort()
         raise InjectError(f"unable to read {e.filename or 'a queue file'}") from e

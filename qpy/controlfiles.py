@@ -52,8 +52,8 @@ SEND = ("qmail-send",)
 SMTPD = ("qmail-smtpd",)
 REMOTE = ("qmail-remote",)
 INJECT = ("qmail-inject",)
-QUALIFY = ("qmail-inject", "newaliases", "fastforward", "dot-forward")
-REWRITE = ("qmail-send", "qmail-smtpd")           # qpy.rewrite; qmail-smtpd with rcptcheck
+QUALIFY = ("qmail-inject", "newaliases", "fastforward", "dot-forward", "sendmail")  # sendmail -bt
+REWRITE = ("qmail-send", "qmail-smtpd", "sendmail")   # qpy.rewrite; qmail-smtpd with rcptcheck
 SERVERS = ("qmail-smtpd", "qmail-qmtpd")
 
 # qmail-showctl's order: qmail's files (rcpthosts before morercpthosts), then qpy's own,
@@ -68,6 +68,9 @@ FILES: tuple[ControlFile, ...] = (
     ControlFile("bouncehost", "line", b"bouncehost", SEND,
                 "host part of a bounce's `From:`",
                 me=True, show="Bounce host name is {}."),
+    ControlFile("bouncemaxbytes", "int", 50000, SEND,
+                "bytes of the original message a bounce carries, whole lines (0: all of it)",
+                show="Bounces carry at most {} bytes of the original message."),
     ControlFile("concurrencylocal", "int", 10, SEND,
                 "local deliveries at once (0 holds them; at most the silent limit, 120)",
                 show="Local concurrency is {}."),
@@ -101,8 +104,8 @@ FILES: tuple[ControlFile, ...] = (
     ControlFile("localiphost", "line", None, SMTPD,
                 "replaces `[own IP]` as a recipient's domain",
                 me=True, show="Local IP address becomes {}."),
-    ControlFile("locals", "list", None, REWRITE,
-                "domains delivered locally",
+    ControlFile("locals", "list", None, tuple(dict.fromkeys(REWRITE + QUALIFY)),
+                "domains delivered locally (and hosts the address completion leaves alone)",
                 me=True, required=True, show="Messages for {} are delivered locally.",
                 absent="Messages for me are delivered locally."),
     ControlFile("me", "line", None,

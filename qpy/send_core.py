@@ -45,7 +45,8 @@ def read_controls() -> Controls:
         rewriter=Rewriter.from_control(),
         bounce=bounce.Settings(bouncefrom=control.read_line("bouncefrom") or b"",
                                bouncehost=bouncehost,
-                               doublebounceto=(dbto or b"") + b"@" + dbhost),
+                               doublebounceto=(dbto or b"") + b"@" + dbhost,
+                               maxbytes=control.read_int("bouncemaxbytes")),
     )
 
 

@@ -1,6 +1,8 @@
 """qpy.bounce: bounce/<id> blocks and the QSBMF bounce message (docs/queue.md §8)."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 
 import pytest
@@ -106,6 +108,27 @@ def test_inject_queues_the_bounce_with_the_original(home, monkeypatch):
                     + b"--- Below this line is a copy of the message.\n\n"
                     + b"Return-Path: <joe@a.example>\n"
                     + b"Received: (qmail 1 invoked by uid 5); x\nSubject: hi\n\nbody\n")
+
+
+@pytest.mark.parametrize("maxbytes", [0, 50_000, 150])
+def test_inject_copies_at_most_bouncemaxbytes_of_the_original_in_whole_lines(
+        home, monkeypatch, maxbytes):
+    q = home / "queue"
+    monkeypatch.chdir(q)
+    (q / "mess" / "0").mkdir(exist_ok=True)
+    original = b"Subject: big\n\n" + (b"y" * 99 + b"\n") * 2000       # 200 014 bytes
+    (q / "mess" / "0" / "23").write_bytes(original)
+    (q / "bounce" / "23").write_bytes(bounce.block(b"bob@b.example", b"no such user"))
+    bounce.inject("bounce/23", "mess/0/23", b"joe@a.example",
+                  dataclasses.replace(SETTINGS, maxbytes=maxbytes), WHEN)
+    (msgid,) = queued(home)
+    mess = (q / queuedir.mess(msgid)).read_bytes()
+    copy = mess.split(b"Return-Path: <joe@a.example>\n", 1)[1]
+    if not maxbytes:
+        assert copy == original
+    else:   # whole lines, as many as fit
+        assert original.startswith(copy) and copy.endswith(b"\n")
+        assert maxbytes - 100 < len(copy) <= maxbytes
 
 
 def test_inject_double_bounce_goes_to_doublebounceto_from_the_special_sender(home, monkeypatch):
