@@ -6,7 +6,7 @@ between two words also separates them); ``<…>`` and comments are allowed; prog
 (``|cmd``) and files (``/path``, ``/dir/`` for a maildir) are recognised when the
 address has no ``@``; ``:include:/path`` names a list file.  Bare names get
 ``@defaulthost``, names ending in ``+`` get ``.plusdomain``, hosts without a dot get
-``.defaultdomain`` (control files of qmail-inject, default me).
+``.defaultdomain`` unless they are in locals (control files of qmail-inject, default me).
 
 The compiled cdb uses fastforward's records, so fastforward's tools can read it:
   ``:<target>`` → instructions, each ending in NUL: ``&addr`` forward, ``!cmd`` run cmd
@@ -44,25 +44,31 @@ class Qualifier:
     defaulthost: bytes
     defaultdomain: bytes
     plusdomain: bytes
+    locals: frozenset[bytes] = frozenset()      # lowercase; a host here is not completed
 
     @classmethod
     def from_control(cls) -> "Qualifier":
-        """defaulthost/defaultdomain/plusdomain, each defaulting to me (literal ``me``).
+        """defaulthost/defaultdomain/plusdomain, each defaulting to me (literal ``me``); locals.
 
         fastforward's fallbacks, not qmail-inject's declared ones: hence first_line.
         """
         me = control.me() or b"me"
         return cls(control.first_line("defaulthost") or me,
-                   control.first_line("defaultdomain") or me, control.first_line("plusdomain") or me)
+                   control.first_line("defaultdomain") or me, control.first_line("plusdomain") or me,
+                   frozenset(d.lower() for d in control.read_list("locals") or ()))
 
     def full(self, address: bytes, has_at: bool) -> bytes:
-        """The complete address (``user`` → ``user@defaulthost.defaultdomain``)."""
+        """The complete address (``user`` → ``user@defaulthost.defaultdomain``).
+
+        As qmail-inject's completion: a host in locals stays as it is.
+        """
         full = address if has_at else address + b"@"
         if full.endswith(b"@"):
             full += self.defaulthost
         if full.endswith(b"+"):
             full = full[:-1] + b"." + self.plusdomain
-        if b"." not in full[max(full.rfind(b"@"), 0):]:
+        host = full[full.rfind(b"@") + 1:]
+        if b"." not in host and host.lower() not in self.locals:
             full += b"." + self.defaultdomain
         return full
 

@@ -14,10 +14,11 @@ those rewriting rules (default host, default domain, plus domain).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import BinaryIO, Callable
 
-from qpy import addr
+from qpy import addr, control
 from qpy.errors import FormatError
 from qpy.received import date822
 
@@ -38,6 +39,8 @@ _ESCAPE = frozenset(b"\"[]()\\\r\n")
 
 class ParseError(FormatError):
     """The text is not valid token822 input (unbalanced quote, comment or literal)."""
+
+    line = b""      # the control value that did not parse, when it was one (Rewriter)
 
 
 def parse(data: bytes) -> list[Token]:
@@ -284,13 +287,41 @@ def quote2(address: bytes) -> bytes:
     return addr.quote(address)
 
 
-class Rewriter:
-    """qmail-inject's address completion: default host, default domain, plus domain."""
+def _reversed_tokens(text: bytes) -> list[Token]:
+    """Tokens of a completion value, last first; a ParseError names the value."""
+    try:
+        return list(reversed(parse(text)))
+    except ParseError as e:
+        e.line = text
+        raise
 
-    def __init__(self, defaulthost: bytes, defaultdomain: bytes, plusdomain: bytes) -> None:
-        self.host = list(reversed(parse(b"@" + defaulthost)))
-        self.domain = list(reversed(parse(b"." + defaultdomain)))
-        self.plus = list(reversed(parse(b"." + plusdomain)))
+
+class Rewriter:
+    """qmail-inject's address completion: default host, default domain, plus domain.
+
+    A host listed in ``locals`` is complete as it is: ``alice@localhost`` stays so
+    and never becomes ``alice@localhost.defaultdomain``.
+    """
+
+    def __init__(self, defaulthost: bytes, defaultdomain: bytes, plusdomain: bytes,
+                 locals_: frozenset[bytes] = frozenset()) -> None:
+        self.host = _reversed_tokens(b"@" + defaulthost)
+        self.domain = _reversed_tokens(b"." + defaultdomain)
+        self.plus = _reversed_tokens(b"." + plusdomain)
+        self.locals = frozenset(d.lower() for d in locals_)
+
+    @classmethod
+    def from_control(cls) -> "Rewriter":
+        """qmail-inject's settings: $QMAILDEFAULTHOST, $QMAILDEFAULTDOMAIN, $QMAILPLUSDOMAIN,
+        else control/defaulthost, defaultdomain, plusdomain (each default me); control/locals.
+
+        ControlError if a file is unreadable; ParseError (``line`` set) if a value does not parse.
+        """
+        env = os.environb
+        dh = env.get(b"QMAILDEFAULTHOST") or control.read_line_me("defaulthost") or b""
+        dd = env.get(b"QMAILDEFAULTDOMAIN") or control.read_line_me("defaultdomain") or b""
+        pd = env.get(b"QMAILPLUSDOMAIN") or control.read_line_me("plusdomain") or b""
+        return cls(dh, dd, pd, frozenset(control.read_list("locals") or ()))
 
     def rewrite(self, a: list[Token]) -> list[Token]:
         """Complete one reversed address in place (rwgeneric) and return it."""
@@ -317,11 +348,13 @@ class Rewriter:
         if a[0][0] == ATOM and a[0][1].endswith(b"+"):
             a[0] = (ATOM, a[0][1][:-1])
             a[0:0] = self.plus
-        for kind, _ in a:
+        for i, (kind, _) in enumerate(a):
             if kind in (DOT, LITERAL):
                 return a
             if kind == AT:
                 break
+        if address_of(a[:i]).lower() in self.locals:
+            return a                                     # a local host needs no domain
         a[0:0] = self.domain
         return a
 

@@ -3,11 +3,12 @@
 SYNOPSIS  qmail-inject [-nNaAhH] [-f sender] [recip ...]
 RUNS AS   the user who sends; started per message (plain getopt, small imports).
 READS     the message on fd 0; control/defaultdomain, defaulthost, plusdomain, idhost
-          (each "default me", else the literal name); $QMAILMFTFILE (a list of
-          mailing-list addresses, read before the chdir to QMAILHOME).
+          (each "default me", else the literal name), control/locals; $QMAILMFTFILE (a
+          list of mailing-list addresses, read before the chdir to QMAILHOME).
 WRITES    the message to qmail-queue (or to fd 1 with -n, preceded by Return-Path).
 HEADER    qmail-header(5): address fields are parsed and completed (box → box@defaulthost,
-          host → host.defaultdomain, host+ → host.plusdomain, source routes dropped,
+          host → host.defaultdomain unless host is in locals (qpy: alice@localhost stays
+          local), host+ → host.plusdomain, source routes dropped,
           missing commas inserted); Bcc, Resent-Bcc, Return-Path and Content-Length are
           removed; missing Date, Message-ID <YYYYMMDDhhmmss.PID.qmail@idhost>, From and
           "Cc: recipient list not shown: ;" are added, as Resent-* fields when any
@@ -22,8 +23,8 @@ ENV       QMAILUSER MAILUSER USER LOGNAME, QMAILHOST MAILHOST, QMAILNAME MAILNAM
           …-@[]) m (per-message VERP, user-<time>.<pid>), QMAILDEFAULTDOMAIN,
           QMAILDEFAULTHOST, QMAILPLUSDOMAIN, QMAILIDHOST, QMAILQUEUE.
 TRUSTS    nothing: every field is parsed; an unparsable sender field is fatal.
-EXIT      0 queued (or printed); 100 usage, bad header or permanent queue failure;
-          111 temporary failure.  One line ``qmail-inject: fatal: …`` on stderr.
+EXIT      0 queued (or printed); 100 usage, bad header, no recipients (nothing is
+          queued) or permanent queue failure; 111 temporary failure.  One line ``qmail-inject: fatal: …`` on stderr.
 """
 from __future__ import annotations
 
@@ -109,15 +110,12 @@ class Settings:
         except OSError:
             raise Exit(111, "internal bug")
         try:
-            dd = _env("QMAILDEFAULTDOMAIN") or control.read_line_me("defaultdomain")
-            dh = _env("QMAILDEFAULTHOST") or control.read_line_me("defaulthost")
-            pd = _env("QMAILPLUSDOMAIN") or control.read_line_me("plusdomain")
+            self.rewriter = header.Rewriter.from_control()
             self.idhost = _env("QMAILIDHOST") or control.read_line_me("idhost")
         except ControlError:
             raise Exit(111, "read error")
-        for prefix, value in ((b".", dd), (b"@", dh), (b".", pd)):
-            _parse(prefix + value)
-        self.rewriter = header.Rewriter(dh, dd, pd)
+        except header.ParseError as e:
+            raise _cant_parse(e.line)
 
 
 class Injector:
@@ -368,6 +366,9 @@ def inject(argv: list[str], stdin: BinaryIO, stdout: BinaryIO) -> None:
         copy_body(stdin, body, stdout.write)
         stdout.flush()
         return
+    rcpts = inj.recipients(strategy)
+    if not rcpts:
+        raise Exit(100, "no recipients")    # queued, it would vanish without a trace
     try:
         job = qmailq.start()
     except OSError:
@@ -378,7 +379,7 @@ def inject(argv: list[str], stdin: BinaryIO, stdout: BinaryIO) -> None:
     except OSError:
         job.abort()
         raise Exit(111, "read error")
-    result = job.close(inj.sender or b"", inj.recipients(strategy))
+    result = job.close(inj.sender or b"", rcpts)
     if result:
         raise Exit(100 if result[0] == "D" else 111, result[1:] + "\n")
 

@@ -117,3 +117,32 @@ def test_sigint_right_after_accepting_loses_nothing(tmp_path):
     assert got == sorted(f"burst {i}" for i in range(20))
     final = status()
     assert b"messages in queue: 0" in final and b"qmail-send: not running" in final
+
+
+def test_local_names_from_sendmail_reach_the_user_not_a_bounce(tmp_path):
+    """cron's, logwatch's and mail(1)'s calls: bare names and @localhost stay local."""
+    home = tmp_path / "qpy-home"
+    run = QpyRun(home)
+    env = {k: v for k, v in os.environ.items() if k not in ("QMAILHOME", "USER", "LOGNAME")}
+    env.update(QMAILHOME=str(home), USER="cron")
+
+    def sendmail(args: list[str], message: bytes) -> None:
+        r = subprocess.run([str(home / "bin" / "sendmail"), *args], input=message,
+                           capture_output=True, env=env, timeout=60)
+        assert (r.returncode, r.stderr) == (0, b""), args
+    try:
+        sendmail(["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"], b"Subject: cron\n\nout\n")
+        sendmail(["-t"], b"To: alice@localhost\nSubject: logwatch\n\nreport\n")
+        sendmail(["-t"], b"To: alice\nSubject: bare\n\nhi\n")
+        sendmail(["alice"], b"Subject: mail\n\nhi\n")
+        got = wait_subjects(home, 4)
+        run.wait_for(rb"end msg \d+\n(.|\n)*end msg \d+\n(.|\n)*end msg \d+\n(.|\n)*end msg \d+")
+    finally:
+        assert run.stop() == 0
+    assert got == ["bare", "cron", "logwatch", "mail"]
+    log = (home / "log" / "current").read_bytes()
+    assert b"localhost.localhost" not in log and b"bounce msg" not in log
+    box = mailbox.Maildir(str(home / "users" / "alice" / "Maildir"), create=False)
+    cron = next(m for m in box if m["Subject"] == "cron")
+    assert cron["Delivered-To"] == "alice@localhost" and "<cron@localhost>" in cron["From"]
+    assert cron.get_payload() == "out\n"

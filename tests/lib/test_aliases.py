@@ -25,6 +25,14 @@ def test_qualifier_rules():
     assert Q.full(b"joe@[1.2.3.4]", True) == b"joe@[1.2.3.4]"
 
 
+def test_a_local_host_is_not_completed():
+    """``qpy run``'s me = localhost: root → root@localhost, never root@localhost.localhost."""
+    q = aliases.Qualifier(b"localhost", b"localhost", b"localhost", frozenset({b"localhost"}))
+    assert q.full(b"root", False) == b"root@localhost"
+    assert q.full(b"alice@LocalHost", True) == b"alice@LocalHost"
+    assert q.full(b"bob@other", True) == b"bob@other.localhost"
+
+
 def test_compile_records_in_fastforward_format():
     text = (b"# Debian's default\n\nPostmaster: root\nroot: alice,\n  bob@far.example\n"
             b"list: \"|/usr/bin/archive -q\", /var/mail/archive, /srv/md/, :include:/etc/l\n"

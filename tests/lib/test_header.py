@@ -90,6 +90,15 @@ def test_rewriter_address_and_quote2():
     assert h.quote2(b"plain@c.d") == b"plain@c.d"
 
 
+def test_rewriter_leaves_a_host_in_locals_alone():
+    """qmail would write alice@localhost.localhost; a host in control/locals is complete."""
+    rw = h.Rewriter(b"localhost", b"localhost", b"localhost", frozenset({b"localhost"}))
+    assert rw.address(b"alice") == b"alice@localhost"
+    assert rw.address(b"alice@LocalHost") == b"alice@LocalHost"
+    assert rw.address(b"bob@other") == b"bob@other.localhost"
+    assert rw.address(b"bob@localhost+") == b"bob@localhost.localhost"
+
+
 def test_known_and_valid_field_names():
     assert h.known(b"TO : x\n") == h.H_TO
     assert h.known(b"resent-message-id:<x>\n") == h.H_R_MESSAGEID
