@@ -16,6 +16,7 @@ none skipped: a 0 exit / "" close means the message and its todo/ entry are on d
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import time
@@ -166,6 +167,10 @@ class Writer:
         self.made: list[str] = []
         self.spares = spare.pool(self.base + spare.SPAREQ)
         self.reused: set[int] = set()   # fds of spares (qpy.spare): trimmed before their fsync
+        # An fd holding an exclusive flock on the mess file from before it is linked into
+        # mess/ until todo/ is linked (or the insertion is given up): qmail-send's start-up
+        # sweep removes an S2/S3 message only if no writer holds it (send_cleanup).
+        self.lock_fd = -1
 
     def _create(self, name: str) -> int:
         """A spare renamed to ``name`` or a new file (O_EXCL, 0644 under umask 033)."""
@@ -208,9 +213,10 @@ class Writer:
         instead of ``pid``: a writer inside a long-lived process (DirectJob) writes many
         messages, and each must keep a qp of its own, as each qmail-queue run has.
         """
-        taken = self.spares.take_named(self._messname, 0o644)
+        taken = self.spares.take_named(self._messname, 0o644, lock=True)
         if taken is not None:
             fd, self.msgid = taken
+            self.lock_fd = os.dup(fd)
             self.reused.add(fd)
             self.made.append(self._messname(self.msgid))
             # S2: mess exists.
@@ -230,6 +236,8 @@ class Writer:
         fd, pidname = self.open_pid_file()
         self.made.append(pidname)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)      # a new inode: nobody else can hold it
+            self.lock_fd = os.dup(fd)
             self.msgid = os.fstat(fd).st_ino
             messname = self._messname(self.msgid)
             try:
@@ -291,7 +299,14 @@ class Writer:
         _fsync_dir(self.base + "todo", QQ.TODO_DIR)
         # S4: the message is queued at this instant.
         self.made.clear()
+        self.unlock()
         return self.msgid
+
+    def unlock(self) -> None:
+        """Let go of the mess file's lock (S4 reached, or the insertion given up)."""
+        if self.lock_fd >= 0:
+            fdio.close_quietly(self.lock_fd)
+            self.lock_fd = -1
 
     def finish(self, envelope: Callable[[bytearray], None]) -> int:
         """intd (S3) → envelope → fsync → todo link (S4) → fsync todo/; return the id."""
@@ -355,6 +370,7 @@ class Writer:
                 os.unlink(name)
             except OSError:
                 pass
+        self.unlock()
 
 
 def code_of(e: BaseException) -> int:

@@ -37,6 +37,7 @@ Rules that keep the queue's guarantees (docs/queue.md §2-§3) exactly as with n
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import stat
@@ -179,14 +180,16 @@ class Pool:
                 pass
         return None
 
-    def take_named(self, name_for: Callable[[int], str], mode: int) -> tuple[int, int] | None:
+    def take_named(self, name_for: Callable[[int], str], mode: int,
+                   lock: bool = False) -> tuple[int, int] | None:
         """(fd, inode number) of a spare now named ``name_for(inode number)``, or None.
 
         For mess/<id>: the id is the inode number, which a spare's name already is.
         The spare is opened, checked and touched (atime, mtime now) while still in the
         spare directory, then renamed (never replacing a file).  If another process
         took it meanwhile, the rename finds no file; if it took it and gave it back,
-        the name is again this same free inode.
+        the name is again this same free inode.  ``lock``: the fd holds an exclusive
+        flock, taken before the rename (a spare another taker has locked is skipped).
         """
         if not self.enabled or not _load():
             self._off()
@@ -201,6 +204,8 @@ class Pool:
                 self._off()
                 return None
             try:
+                if lock:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 st = self._fit(fd, mode, touch=True)
                 if st is not None and str(st.st_ino) == name:
                     rename_noreplace(src, name_for(st.st_ino))

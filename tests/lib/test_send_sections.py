@@ -205,3 +205,47 @@ def test_many_recipients_are_preprocessed_and_passed_in_chunks(home, sections):
         job_pass.advance(record)
     job_pass.close()
     assert seen == [(offsets[i], r) for i, r in enumerate(rcpts) if i % 3]
+
+
+def test_first_sweep_removes_crash_leftovers_but_never_a_message_being_written(home, sections):
+    """S2 and S3 leftovers (a completion or a writer cut short by a crash) go at start-up;
+    a message whose writer is still at work, and a queued one, are left alone."""
+    from qpy.send_cleanup import Cleanup
+    done = queue(home, b"a@x.example", [b"u@test.example"])      # completed: mess only left
+    os.unlink(q(home, queuedir.todo(done)))
+    os.unlink(q(home, queuedir.intd(done)))
+    cut = queue(home, b"a@x.example", [b"u@test.example"])       # writer killed before todo/
+    os.unlink(q(home, queuedir.todo(cut)))
+    queued_id = queue(home, b"a@x.example", [b"u@test.example"])  # S4: a real message
+    writing = qmailq.start()                                     # a writer still at work
+    writing.put(b"Subject: slow\n\n")
+    (busy,) = [int(n) for d in (home / "queue" / "mess").iterdir() for n in os.listdir(d)
+               if int(n) not in (done, cut, queued_id)]
+    cleanup = Cleanup(sections.core, sections.comm)
+    cleanup.do()
+    assert not q(home, queuedir.mess(done)).exists()
+    assert not q(home, queuedir.mess(cut)).exists() and not q(home, queuedir.intd(cut)).exists()
+    assert q(home, queuedir.mess(queued_id)).exists() and q(home, queuedir.todo(queued_id)).exists()
+    assert q(home, queuedir.mess(busy)).exists()
+    assert writing.close(b"a@x.example", [b"u@test.example"]) == ""     # and it is queued
+    assert q(home, queuedir.todo(busy)).exists()
+    cleanup.first, cleanup.nextrun = False, 0                    # a later sweep: 36 h rule only
+    os.unlink(q(home, queuedir.todo(busy)))
+    cleanup.do()
+    assert q(home, queuedir.mess(busy)).exists()
+
+
+def test_the_writer_holds_a_lock_on_the_mess_file_until_todo_is_linked(home, monkeypatch):
+    import fcntl
+    monkeypatch.chdir(home / "queue")
+    job = qmailq.start()
+    job.put(b"Subject: x\n\n")
+    (msgid,) = [int(n) for d in (home / "queue" / "mess").iterdir() for n in os.listdir(d)]
+    fd = os.open(queuedir.mess(msgid), os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert job.close(b"a@x.example", [b"u@test.example"]) == ""
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)              # released once queued
+    finally:
+        os.close(fd)
