@@ -11,6 +11,7 @@ of the bounces it queues, and its log.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import control
+from conftest import control, run
 from qpy import qmailq, queuedir
 
 FAKE_SPAWN = r'''
@@ -423,6 +424,17 @@ def test_deferral_is_retried_on_alarm_and_the_retry_time_survives_a_restart(home
     assert [c[3] for c in s2.commands(0)] == ["tmp@test.example"]
 
 
+def test_sendmail_q_retries_the_queue_now(home, send_factory):
+    """``sendmail -q`` (Postfix's "deliver all queued mail") is an ALRM to the running qmail-send."""
+    queue(MSG, b"joe@a.example", [b"tmp@test.example"])
+    s = send_factory()
+    s.wait_log(r"^delivery 1: deferral")
+    r = run(home, "sendmail", ["-q"])
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+    s.wait_log(r"^delivery 2: deferral")
+    assert s.stop() == 0
+
+
 def test_expired_message_turns_deferral_into_bounce(home, send_factory):
     control(home, "queuelifetime", "1000\n")
     msgid = queue(MSG, b"snd@remote.example", [b"tmp@test.example"])
@@ -517,7 +529,8 @@ def test_startup_recovers_every_intermediate_state(home, send_factory):
     make_s5(home, d, None, b"Tok.d@remote.example\0")
     future = time.time() + 3000
     os.utime(qfile(home, queuedir.remote(d)), (future, future))
-    # S2 and S3 leftovers of a dead qmail-queue: old ones go, a young one stays
+    # S2 and S3 leftovers of a dead qmail-queue (or of a completion cut short) go at
+    # start-up, old or young; a young one whose writer still holds its lock stays
     e = queue(MSG, b"joe@a.example", [b"ok@test.example"])
     qfile(home, queuedir.todo(e)).unlink()                  # S3: mess + intd
     f = queue(MSG, b"joe@a.example", [b"ok@test.example"])
@@ -525,10 +538,15 @@ def test_startup_recovers_every_intermediate_state(home, send_factory):
     qfile(home, queuedir.intd(f)).unlink()                  # S2: mess only
     g = queue(MSG, b"joe@a.example", [b"ok@test.example"])
     qfile(home, queuedir.todo(g)).unlink()
-    qfile(home, queuedir.intd(g)).unlink()                  # S2, young
+    qfile(home, queuedir.intd(g)).unlink()                  # S2, young, a live writer's
+    h = queue(MSG, b"joe@a.example", [b"ok@test.example"])
+    qfile(home, queuedir.todo(h)).unlink()
+    qfile(home, queuedir.intd(h)).unlink()                  # S2, young, no writer
     old = time.time() - 36 * 3600 - 100
     for msgid in (e, f):
         os.utime(qfile(home, queuedir.mess(msgid)), (old, old))
+    writer = os.open(qfile(home, queuedir.mess(g)), os.O_RDONLY)
+    fcntl.flock(writer, fcntl.LOCK_EX)
 
     s = send_factory()
     for msgid in (a, b, c):
@@ -536,7 +554,7 @@ def test_startup_recovers_every_intermediate_state(home, send_factory):
     s.wait_log(r"^end msg", count=4)  # c's bounce
     s.wait_log(r"^status:")
     deadline = time.monotonic() + 30
-    while qfile(home, queuedir.mess(e)).exists() or qfile(home, queuedir.mess(f)).exists():
+    while any(qfile(home, queuedir.mess(m)).exists() for m in (e, f, h)):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert not qfile(home, queuedir.intd(e)).exists()
@@ -552,6 +570,7 @@ def test_startup_recovers_every_intermediate_state(home, send_factory):
     assert s.stop() == 0
     assert sorted(queue_files(home)) == [f"mess/{g}"]
     assert not (q / "pid").exists() or list((q / "pid").iterdir()) == []
+    os.close(writer)
 
 
 def test_second_instance_refuses_to_start(home, send_factory):
