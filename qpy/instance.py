@@ -130,6 +130,28 @@ def send_running(home: str) -> bool:
     return False
 
 
+def send_pid(home: str, locks: str = "/proc/locks") -> int | None:
+    """The pid of the qmail-send holding queue/lock/sendmutex, or None if none does.
+
+    The holder of a flock is found in /proc/locks (``1: FLOCK ADVISORY WRITE <pid>
+    <major>:<minor>:<inode> 0 EOF``, device numbers in hex) by the mutex's device and
+    inode; a holder outside our pid namespace shows as pid 0, which is None here too.
+    """
+    try:
+        st = os.stat(os.path.join(home, "queue", "lock", "sendmutex"))
+        with open(locks, "rb") as f:
+            table = f.read()
+    except OSError:
+        return None
+    want = b"%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in table.splitlines():
+        fields = line.split()        # a blocked waiter's line has "->" before FLOCK
+        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5] == want:
+            pid = int(fields[4]) if fields[4].isdigit() else 0
+            return pid or None
+    return None
+
+
 def status(home: str, lines: int = 10) -> Status:
     """Collect running state, queue counts and the last delivery log lines."""
     queue = os.path.join(home, "queue")

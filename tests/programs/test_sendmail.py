@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run
+from qpy import instance as users
 
 CLEAR = ("USER", "LOGNAME", "NAME", "MAILNAME", "MAILUSER", "MAILHOST", "QMAILUSER", "QMAILHOST",
          "QMAILNAME", "QMAILINJECT", "PROTO", "RELAYCLIENT", "TCPREMOTEIP")
@@ -57,7 +58,7 @@ def test_F_sets_the_full_name(home):
     assert b'From: "Joe Q" <joe@test.example>\n' in mess
 
 
-@pytest.mark.parametrize("args", [["-q"], ["-bz"], ["-f"], ["-zz"]])
+@pytest.mark.parametrize("args", [["-bz"], ["-f"], ["-zz"], ["-r"], ["-N"]])
 def test_usage_errors(home, args):
     r = sendmail(home, args, b"")
     assert r.returncode == 100
@@ -86,3 +87,71 @@ def test_unreachable_home(home):
     r = sendmail(home, ["a@b.c"], b"", QMAILHOME=str(home / "missing"))
     assert (r.returncode, r.stderr) == (
         111, b"sendmail: fatal: unable to switch to qmail home directory\n")
+
+
+@pytest.mark.parametrize("flags", [
+    ["-N", "success,delay"], ["-Nnever"], ["-R", "hdrs"], ["-V", "envid-1"], ["-U"], ["-G"],
+    ["-L", "tag"], ["-h", "20"], ["-O", "DeliveryMode=b"], ["-Am"], ["-Ac"], ["-X", "/dev/null"],
+    ["-C", "/etc/mail/sendmail.cf"], ["-n"], ["-oA/etc/aliases"], ["-o7"], ["-o8"], ["-om"],
+    ["-B", "8BITMIME"], ["-bm"], ["-q1h"], ["-FCronDaemon", "-i", "-B8BITMIME", "-oem"]])
+def test_flags_that_programs_pass_are_accepted(home, flags):
+    """Every flag Postfix's sendmail(1) documents (neomutt's DSN flags, cron's, -X, -C …)."""
+    r = sendmail(home, [*flags, "r@x.y"], b"Subject: f\n\nbody\n", USER="joe")
+    assert (r.returncode, r.stderr) == (0, b""), flags
+    [(mess, sender, rcpts)] = queued(home)
+    assert (sender, rcpts) == (b"Fjoe@test.example", [b"Tr@x.y"])
+    assert mess.endswith(b"Subject: f\n\nbody\n")
+
+
+@pytest.mark.parametrize("flag", [["-r", "bounces@lists.example"], ["-rbounces@lists.example"]])
+def test_r_is_f(home, flag):
+    r = sendmail(home, [*flag, "r@x.y"], b"Subject: r\n\n")
+    assert r.returncode == 0, r.stderr
+    [(mess, sender, _)] = queued(home)
+    assert sender == b"Fbounces@lists.example"
+    assert b"From: bounces@lists.example\n" in mess
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], b"Subject: none\n\nbody\n"),
+    (["-t"], b"Subject: none\nFrom: a@x.y\n\nbody\n"),
+    (["-t", "-i"], b"Subject: none\nTo: \n\nbody\n")])
+def test_no_recipients_is_an_error_and_queues_nothing(home, args, message):
+    r = sendmail(home, args, message)
+    assert r.returncode == 100
+    assert r.stderr == b"qmail-inject: fatal: no recipients\n"
+    assert queued(home) == []
+
+
+@pytest.mark.parametrize("flag", ["-bd", "-bl", "-bh", "-bH"])
+def test_daemon_and_host_status_modes_do_nothing(home, flag):
+    r = sendmail(home, [flag], b"Subject: x\n\n")
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+    assert queued(home) == []
+
+
+def test_q_without_a_running_qmail_send_says_so(home):
+    r = sendmail(home, ["-q"], b"")
+    assert r.returncode == 111
+    assert r.stderr == b"sendmail: fatal: qmail-send is not running\n"
+
+
+def test_bt_prints_where_each_address_goes(home):
+    (home / "control" / "virtualdomains").write_bytes(b"virt.example:joe\n")
+    r = sendmail(home, ["-bt", "u@test.example", "x@virt.example", "far@remote.example", "bare"],
+                 b"")
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert r.stdout == (b"u@test.example: local u@test.example\n"
+                        b"x@virt.example: local joe-x@virt.example\n"
+                        b"far@remote.example: remote far@remote.example\n"
+                        b"bare: local bare@test.example\n")
+
+
+def test_bv_checks_each_recipient(home):
+    users.add_user(str(home), b"u")
+    r = sendmail(home, ["-bv", "u@test.example", "nobody-here@test.example", "far@remote.example"],
+                 b"")
+    assert r.returncode == 1
+    assert r.stdout == (b"u@test.example: deliverable\n"
+                        b"nobody-here@test.example: undeliverable: no mailbox here by that name\n"
+                        b"far@remote.example: deliverable (remote)\n")
