@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 _ATOM = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                  b".!#$%&'*+-/=?^_`{|}~")
+                  b".!#$%&'*+-/=?^_`{|}~" + bytes(range(0x80, 0x100)))   # RFC 6531: UTF-8 too
 
 
 def split(address: bytes) -> tuple[bytes, bytes | None]:
@@ -31,7 +31,8 @@ def domain_keys(domain: bytes) -> list[bytes]:
 
 
 def needs_quote(local: bytes) -> bool:
-    """True if an RFC 821 local part must be quoted (docs/protocols.md §4)."""
+    """True if an RFC 5321 local part must be quoted (docs/protocols.md §4); bytes of
+    UTF-8 (>= 0x80) are atom characters, as RFC 6531 extends the dot-atom."""
     if not local or local.startswith(b".") or local.endswith(b".") or b".." in local:
         return True
     return any(ch not in _ATOM for ch in local)

@@ -87,6 +87,13 @@ def test_default_delivery_to_maildir(home, user):
     assert (user / "Maildir" / "new" / name).stat().st_mode & 0o777 == 0o600
 
 
+def test_utf8_sender_is_not_quoted_in_return_path(home, user):
+    r = local(home, user, sender="jörg@example.org")
+    assert r.returncode == 0, r.stderr
+    assert maildir_messages(user / "Maildir") == [
+        "Return-Path: <jörg@example.org>\nDelivered-To: joe@example.com\n".encode() + MSG]
+
+
 def test_two_maildir_lines_give_two_distinct_files(home, user):
     dotqmail(user, ".qmail", "./Maildir/\n./Maildir/\n")
     r = local(home, user)
