@@ -55,6 +55,8 @@ DIRS: list[Entry] = [
     # qpy: finished queue inodes kept for reuse (qpy.spare): qmailq's and qmail-send's.
     Entry("queue/spareq", "d", auto.QMAILQ, Q, 0o700),
     Entry("queue/spares", "d", auto.QMAILS, Q, 0o700),
+    # qpy: messages whose queue files are corrupt, moved aside by qmail-send (send_cleanup).
+    Entry("queue/quarantine", "d", auto.QMAILS, Q, 0o750),
     Entry("queue/lock/tcpto", "z", auto.QMAILR, Q, 0o644, 1024),
     Entry("queue/lock/tcpto6", "z", auto.QMAILR, Q, 0o644, 2048),   # qpy: IPv6 records (qpy.tcpto)
     Entry("queue/lock/sendmutex", "z", auto.QMAILS, Q, 0o600, 0),
@@ -116,9 +118,9 @@ PROGRAMS: dict[str, str] = {
 }
 
 CONTROL_FROM_ME = ("me", "locals", "rcpthosts")
-# int files a new instance states explicitly, with their declared defaults
+# int files a new instance states explicitly: their declared initial value, else the default
 CONTROL_FROM_DEFAULT = ("concurrencylocal", "concurrencyremote", "queuelifetime", "databytes",
-                        "timeoutsmtpd", "timeoutremote", "timeoutconnect")
+                        "timeoutsmtpd", "timeoutremote", "timeoutconnect", "rcptcheck", "maxrcpt")
 
 
 def module_name(program: str) -> str:
@@ -127,10 +129,18 @@ def module_name(program: str) -> str:
     return name + "_" if keyword.iskeyword(name) else name
 
 
+def initial(name: str) -> int:
+    """What a new instance's control/<name> says: the declared initial value, else the default."""
+    f = controlfiles.entry(name)
+    value = f.initial if f.initial is not None else f.default
+    assert isinstance(value, int), name
+    return value
+
+
 def control_defaults(me: bytes) -> dict[str, bytes]:
-    """The control files of a new instance: me-derived ones plus the int defaults."""
+    """The control files of a new instance: me-derived ones plus the int files."""
     files = {name: me + b"\n" for name in CONTROL_FROM_ME}
-    files.update({name: b"%d\n" % controlfiles.entry(name).default for name in CONTROL_FROM_DEFAULT})
+    files.update({name: b"%d\n" % initial(name) for name in CONTROL_FROM_DEFAULT})
     return files
 
 

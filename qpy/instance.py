@@ -113,6 +113,7 @@ class Status:
     queued: int
     unprocessed: int
     recent: list[str]
+    quarantined: int = 0    # messages moved aside for corrupt queue files (queue/quarantine)
 
 
 def send_running(home: str) -> bool:
@@ -156,8 +157,12 @@ def status(home: str, lines: int = 10) -> Status:
     """Collect running state, queue counts and the last delivery log lines."""
     queue = os.path.join(home, "queue")
     try:
-        queued = len(queuedir.scan_split(queue, "mess"))
+        mess = set(queuedir.scan_split(queue, "mess"))
         unprocessed = len(queuedir.scan_flat(queue, "todo"))
+        try:
+            quarantined = set(queuedir.scan_flat(queue, "quarantine"))
+        except FileNotFoundError:       # an instance made before quarantine/
+            quarantined = set()
     except OSError as e:
         raise TempFail(f"unable to read {queue}: {e.strerror}") from e
     recent: list[str] = []
@@ -169,4 +174,5 @@ def status(home: str, lines: int = 10) -> Status:
         recent = [line for line in text.splitlines() if "delivery " in line][-lines:]
     except FileNotFoundError:
         pass
-    return Status(send_running(home), queued, unprocessed, recent)
+    return Status(send_running(home), len(mess - quarantined), unprocessed, recent,
+                  len(quarantined))

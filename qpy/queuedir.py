@@ -59,6 +59,12 @@ def bounce(msgid: int) -> str:
     return f"bounce/{msgid}"
 
 
+def quarantine(msgid: int) -> str:
+    """quarantine/<id>: why a message with corrupt queue files was moved aside; its files
+    are beside it as quarantine/<id>.todo, .info, .local, .remote, .bounce (qpy)."""
+    return f"quarantine/{msgid}"
+
+
 def mess_rel(msgid: int) -> str:
     """The path relative to queue/mess that qmail-send hands the spawners: <split>/<id>."""
     return f"{msgid % SPLIT}/{msgid}"

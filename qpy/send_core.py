@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from qpy import auto, bounce, control, fdio, log, spare
@@ -116,11 +117,18 @@ class Core:
     flags: Flags
     recent: int
     rewriter: Rewriter = field(init=False)
+    # Move a message with corrupt queue files aside (msgid, reason): send_cleanup's.
+    quarantine: Callable[[int, str], None] = field(init=False)
     # Finished info/ and channel inodes, reused for new ones (qpy.spare).
     spares: spare.Pool = field(default_factory=lambda: spare.pool(spare.SPARES))
 
     def __post_init__(self) -> None:
         self.rewriter = self.controls.rewriter
+        self.quarantine = self.cannot_quarantine
+
+    def cannot_quarantine(self, msgid: int, reason: str) -> None:
+        """Until CLEANUPS installs its own (send_cleanup.Cleanup.quarantine): only say it."""
+        self.log.warning(f"message {msgid} has a corrupt queue file ({reason}); left in place")
 
     @property
     def exitasap(self) -> bool:

@@ -16,7 +16,7 @@ from qpy import bounce, fdio, log, queuedir
 from qpy.schedule import SLEEP_SYSFAIL
 from qpy.send_comm import Comm
 from qpy.send_core import Core, Wait
-from qpy.send_info import Message, Messages
+from qpy.send_info import Corrupt, Message, Messages
 from qpy.send_queues import Queues
 
 DONE_BATCH = 64         # completions per loop turn
@@ -56,7 +56,11 @@ class Completion:
         except OSError:
             self.core.log.warning(f"unable to stat {path}")
             return False
-        info = self.messages.info(msgid)
+        try:
+            info = self.messages.info(msgid)
+        except Corrupt as e:
+            self.core.quarantine(msgid, e.text)
+            return False
         if info is None:
             self.core.log.warning(f"trouble reading {queuedir.info(msgid)}; will try again later")
             return False

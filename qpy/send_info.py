@@ -14,8 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qpy import fdio, queuedir
+from qpy.errors import FormatError
 
 INFO_CACHE = 20000      # messages with a record, at most
+
+
+class Corrupt(FormatError):
+    """A queue file of the message is not in its format: the message goes to quarantine."""
 
 
 @dataclass(eq=False, slots=True)
@@ -36,6 +41,7 @@ class Messages:
         self.limit = limit
         self.records: dict[int, Message] = {}
         self.local_waiting = 0
+        self.quarantined: set[int] = set()    # moved aside by this process: drop their jobs
 
     def add(self, msgid: int, sender: bytes, birth: int, local_waiting: bool) -> None:
         """Record a message that just reached S5 here (nothing if the table is full)."""
@@ -62,7 +68,8 @@ class Messages:
             self.local_waiting -= 1
 
     def info(self, msgid: int) -> tuple[bytes, int] | None:
-        """(sender, birth): from the record, else info/<id>; None if unreadable or malformed."""
+        """(sender, birth): from the record, else info/<id>; None if unreadable, Corrupt if
+        it is not an F record."""
         m = self.records.get(msgid)
         if m is not None:
             return m.sender, m.birth
@@ -72,5 +79,5 @@ class Messages:
             return None
         end = data.find(b"\0")
         if end == -1 or data[:1] != b"F":
-            return None
+            raise Corrupt(f"{queuedir.info(msgid)} holds no sender record")
         return data[1:end], mtime

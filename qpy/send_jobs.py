@@ -23,7 +23,7 @@ from qpy.schedule import CHANNELS, SLEEP_SYSFAIL, dying, next_retry
 from qpy.send_comm import Comm, Spawner
 from qpy.send_core import Core, Wait
 from qpy.send_done import Completion
-from qpy.send_info import Messages
+from qpy.send_info import Corrupt, Messages
 from qpy.send_queues import Queues
 
 PASS_BATCH = 64         # passes per channel per loop turn
@@ -176,12 +176,19 @@ class Deliveries:
         _, msgid = self.queues.chan[c].pop()
         if c == 0:
             self.messages.first_local_pass(msgid)
+        if msgid in self.messages.quarantined:
+            return None
         path = queuedir.channel(c, msgid)
         try:
             fd: int | None = os.open(path, os.O_RDONLY)
         except OSError:
             fd = None
-        info = self.messages.info(msgid) if fd is not None else None
+        try:
+            info = self.messages.info(msgid) if fd is not None else None
+        except Corrupt as e:
+            fdio.close_quietly(fd)
+            self.core.quarantine(msgid, e.text)
+            return None
         if fd is None or info is None:
             if fd is not None:
                 os.close(fd)

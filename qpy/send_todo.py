@@ -38,7 +38,7 @@ from qpy.queuewrite import start_writeback
 from qpy.schedule import CHANNELS, SLEEP_TODO
 from qpy.send_comm import Comm
 from qpy.send_core import SLEEP_PAUSE, Core, Wait
-from qpy.send_info import Messages
+from qpy.send_info import Corrupt, Messages
 from qpy.send_queues import Queues
 
 TODO_BATCH = 32         # todo/ entries preprocessed per loop turn
@@ -202,13 +202,18 @@ class Todo:
             return None
         lg.line(log.new_msg(msgid))
         prep.pending[queuedir.info(msgid)] = bytearray()
+        todo = queuedir.todo(msgid)
         try:
-            whole = complete(fd)
-            ok = whole and self.records(prep, fd, size)
+            if not complete(fd):
+                raise Corrupt(f"{todo} ends inside a record")
+            ok = self.records(prep, fd, size)
         except OSError:
-            whole = ok = False
-        if not whole:
-            lg.warning(f"trouble reading {queuedir.todo(msgid)}")
+            lg.warning(f"trouble reading {todo}")
+            ok = False
+        except Corrupt as e:
+            prep.close()
+            self.core.quarantine(msgid, e.text)
+            return None
         if not ok:
             prep.close()
             return None
@@ -216,7 +221,8 @@ class Todo:
 
     def records(self, prep: Prep, fd: int, size: int) -> bool:
         """Step 4: each todo record into info/<id> and the channel files (created on first
-        use); False after a warning on trouble.  OSError if todo/<id> cannot be read."""
+        use); False after a warning on trouble.  OSError if todo/<id> cannot be read,
+        Corrupt if it holds a record of no known type."""
         msgid = prep.msgid
         lg = self.core.log
         uid = pid = 0
@@ -248,8 +254,7 @@ class Todo:
                     lg.warning(f"trouble writing to {path}")
                     return False
             else:
-                lg.warning(f"unknown record type in {queuedir.todo(msgid)}")
-                return False
+                raise Corrupt(f"unknown record type in {queuedir.todo(msgid)}")
         return True
 
     # -- the batch

@@ -68,7 +68,7 @@ class QmailSend:
         self.completion = Completion(core, self.comm, self.queues, self.messages)
         self.deliveries = Deliveries(core, self.comm, self.queues, self.messages, self.completion)
         self.todo = Todo(core, self.comm, self.queues, self.messages)
-        self.cleanup = Cleanup(core, self.comm)
+        self.cleanup = Cleanup(core, self.comm, self.messages.quarantined)
 
     def prep(self) -> Wait:
         """This turn's select(): every section adds its fds and its latest wakeup."""

@@ -2,6 +2,7 @@
 
 SYNOPSIS  qpy init   [--home DIR] [--me HOSTNAME]
           qpy run    [--home DIR] [--me HOSTNAME] [--host IP] [--port N] [--user NAME]
+                     [--log-size BYTES] [--log-files N]
           qpy user add NAME [--home DIR];  qpy user list [--home DIR]
           qpy status [--home DIR]
           qpy install [--home /var/qmail] [--me HOST] [--service-dir DIR] [--link SCANDIR] …
@@ -12,9 +13,12 @@ HOME      --home, else $QMAILHOME, else ./qpy-home.
 WRITES    init: the instance tree of qpy.hier (existing control files are kept).
           run: creates the instance on first use (me = localhost, one virtual user
           named after the invoking login, mail to NAME@localhost lands in
-          users/NAME/Maildir/), then runs the delivery daemons and an SMTP listener
-          on 127.0.0.1:2525 in the foreground with logs on the terminal and in
-          log/current; Ctrl-C stops cleanly.
+          users/NAME/Maildir/), then runs the delivery daemons, the queue service
+          and pickup, and an SMTP listener on 127.0.0.1:2525 in the foreground with
+          logs on the terminal and in log/current (rotated, qpy.runner); Ctrl-C stops
+          cleanly.  As root it runs a privileged instance with each part as its
+          account, an ordinary user's instance as that user, and refuses to create or
+          run a single-user instance as root (qpy.runner.decide); one line says which.
           install (root): the qmail accounts, a privileged instance, and service
           directories (run + log/run with multilog's TAI64N stamps) for daemontools
           or runit.
@@ -29,7 +33,7 @@ import socket
 
 import click
 
-from qpy import control, hier, instance, prot
+from qpy import control, hier, instance, prot, runner
 from qpy.errors import Exit, QmailError
 from qpy.programs import options
 
@@ -93,24 +97,34 @@ def init(home: str, me: str | None, mode: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (:: for IPv6).")
 @click.option("--port", default=2525, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--user", "user", default=None, help="First virtual user of a new instance.")
-def run(home: str, me: str, host: str, port: int, user: str | None) -> int:
-    """Run an MTA in the foreground: SMTP listener plus delivery daemons."""
-    from qpy.runner import Runner
+@click.option("--log-size", default=runner.LOG_SIZE, show_default=True,
+              type=click.IntRange(1000, None), help="Bytes in log/current before it is rotated.")
+@click.option("--log-files", default=runner.LOG_FILES, show_default=True,
+              type=click.IntRange(1, 10000), help="Rotated log files (@<tai64n>.s) kept.")
+def run(home: str, me: str, host: str, port: int, user: str | None, log_size: int,
+        log_files: int) -> int:
+    """Run an MTA in the foreground: SMTP listener, queue service and delivery daemons."""
     home = os.path.abspath(home)
+    try:
+        mode = runner.decide(home)
+        if mode.owner is not None:      # root on an ordinary user's instance: become that user
+            prot.drop_to(mode.owner.uid, mode.owner.gid, [mode.owner.gid])
+    except QmailError as e:
+        raise Exit(100 if e.exit_code == 100 else 111, e.text)
     if ensure_instance(home, me):
         click.echo(f"qpy: created instance {home} (single-user mode)")
-    if not instance.list_users(home):
+    if not mode.priv and not instance.list_users(home):
         name = user or login_name()
         path = _add_user(home, name)
         click.echo(f"qpy: mail for {name}@{me} is delivered to {path}/Maildir/")
         made = instance.alias_to(home, name.lower().encode() + b"@" + me.encode())
         if made:
             click.echo(f"qpy: {', '.join(made)} forward to {name}@{me}")
+    click.echo(f"qpy: {mode.line}")
     os.environ["QMAILHOME"] = home
     me_now = control.read_line("me") or me.encode()
-    runner = Runner(home, host, port, me_now.decode())
-    runner.start()
-    return runner.loop()
+    return runner.Runner(home, host, port, me_now.decode(), mode=mode, log_size=log_size,
+                         log_files=log_files).run()
 
 
 def _add_user(home: str, name: str) -> str:
@@ -160,6 +174,8 @@ def status(home: str) -> None:
     click.echo(f"qmail-send: {'running' if st.running else 'not running'}")
     click.echo(f"messages in queue: {st.queued}")
     click.echo(f"messages in queue but not yet preprocessed: {st.unprocessed}")
+    if st.quarantined:
+        click.echo(f"messages in quarantine (corrupt queue files): {st.quarantined}")
     if st.recent:
         click.echo("recent deliveries:")
         for line in st.recent:

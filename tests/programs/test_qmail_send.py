@@ -623,12 +623,16 @@ def test_a_long_todo_does_not_hold_back_deliveries(home, send_factory):
     assert queue_files(home) == []
 
 
-def test_bad_queue_contents_are_warnings_not_crashes(home, send_factory):
+def test_bad_queue_contents_are_warnings_not_crashes_and_corrupt_messages_are_quarantined(
+        home, send_factory):
+    """A bad channel record is skipped; a message whose todo/ or info/ file is not in its
+    format is moved to quarantine/ (kept, logged, never retried forever)."""
     a = queue(MSG, b"joe@a.example", [b"x@test.example"])
     make_s5(home, a, b"Tok.a1@test.example\0Xjunk\0\0Tok.a2@test.example\0", None)
     b = queue(MSG, b"joe@a.example", [b"ok.b@test.example"])
     with open(qfile(home, queuedir.todo(b)), "ab") as f:
         f.write(b"Qbad\0")
+    b_todo = qfile(home, queuedir.todo(b)).read_bytes()
     c = queue(MSG, b"joe@a.example", [b"x@test.example"])
     make_s5(home, c, b"Tok.c@test.example\0", None)
     qfile(home, queuedir.info(c)).write_bytes(b"no sender record")
@@ -637,16 +641,33 @@ def test_bad_queue_contents_are_warnings_not_crashes(home, send_factory):
         f.write(b"Tcut short")
     s = send_factory()
     s.wait_log(r"^end msg %d$" % a)
-    s.wait_log(r"^warning: unknown record type in %s$" % queuedir.todo(b))
-    s.wait_log(r"^warning: trouble opening %s; will try again later$" % queuedir.local(c))
-    s.wait_log(r"^warning: trouble reading %s$" % queuedir.todo(d))
+    s.wait_log(r"^warning: quarantined message %d: unknown record type in %s$" % (b, queuedir.todo(b)))
+    s.wait_log(r"^warning: quarantined message %d: %s holds no sender record$" % (c, queuedir.info(c)))
+    s.wait_log(r"^warning: quarantined message %d: %s ends inside a record$" % (d, queuedir.todo(d)))
+    s.signal(signal.SIGALRM)        # every channel due: nothing quarantined is tried again
     assert s.stop() == 0
     lines = s.log()
     assert lines.count(f"warning: unknown record type in {queuedir.local(a)}!") == 2
+    assert sum(f"message {m}" in x for x in lines for m in (b, c, d)) == 3
+    assert not any("trouble" in x for x in lines)
     assert sorted(cmd[3] for cmd in s.commands(0)) == ["ok.a1@test.example", "ok.a2@test.example"]
-    for msgid in (b, d):
-        assert qfile(home, queuedir.todo(msgid)).exists()  # left for a later try
-    assert qfile(home, queuedir.local(c)).read_bytes() == b"Tok.c@test.example\0"
+    quarantine = home / "queue" / "quarantine"
+    assert (quarantine / f"{b}.todo").read_bytes() == b_todo
+    assert (quarantine / f"{c}.local").read_bytes() == b"Tok.c@test.example\0"
+    assert (quarantine / f"{c}.info").read_bytes() == b"no sender record"
+    assert (quarantine / str(d)).read_bytes() == f"{queuedir.todo(d)} ends inside a record\n".encode()
+    for msgid in (b, c, d):         # the message itself stays; nothing else refers to it
+        assert qfile(home, queuedir.mess(msgid)).exists()
+        for rel in (queuedir.todo(msgid), queuedir.intd(msgid), queuedir.info(msgid),
+                    queuedir.local(msgid)):
+            assert not qfile(home, rel).exists()
+    s2 = send_factory()             # a restart's first sweep keeps quarantined messages
+    s2.wait_log(r"^status:")
+    s2.signal(signal.SIGALRM)
+    assert s2.stop() == 0
+    for msgid in (b, c, d):
+        assert qfile(home, queuedir.mess(msgid)).exists()
+    assert not any("quarantined" in x for x in s2.log())
 
 
 def test_info_and_channel_files_reuse_spares_and_return_to_them(home, send_factory):

@@ -156,3 +156,19 @@ def test_status_reports_queue_and_not_running(home):
     assert r.returncode == 0
     assert b"qmail-send: not running\n" in r.stdout
     assert b"messages in queue: 1\nmessages in queue but not yet preprocessed: 1\n" in r.stdout
+
+
+def test_status_counts_quarantined_messages_apart(home):
+    from qpy import qmailq, queuedir
+    for _ in range(2):
+        assert qmailq.queue_message(b"x\n", b"a@b", [b"c@d"]) == ""
+    q = home / "queue"
+    msgid = queuedir.scan_flat(str(q), "todo")[0]
+    (q / "quarantine" / str(msgid)).write_bytes(b"unknown record type in todo\n")
+    (q / "quarantine" / f"{msgid}.todo").write_bytes((q / "todo" / str(msgid)).read_bytes())
+    (q / "todo" / str(msgid)).unlink()
+    (q / "intd" / str(msgid)).unlink()
+    r = qpy_cmd("status", "--home", str(home))
+    assert r.returncode == 0
+    assert (b"messages in queue: 1\nmessages in queue but not yet preprocessed: 1\n"
+            b"messages in quarantine (corrupt queue files): 1\n") in r.stdout
