@@ -41,6 +41,7 @@ class ControlFile:
     required: bool = False           # its reader refuses to run without a value
     show: str | None = None          # qmail-showctl's sentence, ``{}`` = the value
     absent: str | None = None        # qmail-showctl's text after ``(Default.) `` if not derived
+    initial: int | None = None       # what a new instance's file says, if not the default
 
     def shown(self, value: str) -> str:
         """qmail-showctl's sentence with ``value`` in place of ``{}``."""
@@ -79,7 +80,7 @@ FILES: tuple[ControlFile, ...] = (
                 show="Remote concurrency is {}."),
     ControlFile("databytes", "int", 0, SERVERS,
                 "largest message accepted, in bytes; 0 = unlimited; $DATABYTES overrides",
-                show="SMTP DATA limit is {} bytes."),
+                show="SMTP DATA limit is {} bytes.", initial=10485760),
     ControlFile("defaultdomain", "line", b"defaultdomain", QUALIFY,
                 "domain appended to a host name without a dot; $QMAILDEFAULTDOMAIN overrides",
                 me=True, show="Default domain name is {}."),
@@ -151,7 +152,7 @@ FILES: tuple[ControlFile, ...] = (
                 show="SMTP client data timeout is {} seconds."),
     ControlFile("timeoutsmtpd", "int", 1200, SMTPD,
                 "seconds qmail-smtpd waits for each read (0 → 1)",
-                show="SMTP server data timeout is {} seconds."),
+                show="SMTP server data timeout is {} seconds.", initial=300),
     ControlFile("virtualdomains", "map", None, REWRITE,
                 "`domain:prefix` or `user@domain:prefix`: deliver locally to `prefix-address`;"
                 " an empty prefix is an exception",
@@ -163,7 +164,33 @@ FILES: tuple[ControlFile, ...] = (
                 show="Name server: {}.", absent="Using the system resolver configuration."),
     ControlFile("rcptcheck", "int", 0, SMTPD,
                 "1 = refuse RCPT of a local address that has no mailbox",
-                show="Unknown local recipients refused at RCPT time (1 = yes): {}."),
+                show="Unknown local recipients refused at RCPT time (1 = yes): {}.", initial=1),
+    # limits on what one client may cost (qpy.smtplimits); maxrcpt is the maxrcpt patch's
+    ControlFile("maxrcpt", "int", 0, ("qmail-smtpd", "qmail-qmtpd", "qmail-qmqpd"),
+                "recipients of one message (more: 452 4.5.3 in SMTP, Z in QMTP, D in QMQP);"
+                " 0 = no limit; $MAXRCPT overrides",
+                show="Recipients per message are limited to {} (0 = no limit).", initial=1000),
+    ControlFile("timeoutsmtpdsession", "int", 1800, SMTPD,
+                "seconds an SMTP session may last in all, then 421 4.4.2; 0 = no limit",
+                show="SMTP server session deadline is {} seconds (0 = none)."),
+    ControlFile("mindatarate", "int", 500, SMTPD,
+                "bytes a second a client must keep up in DATA after one timeoutsmtpd of grace,"
+                " then 421 4.4.2; 0 = no minimum",
+                show="SMTP server minimum DATA rate is {} bytes a second (0 = none)."),
+    ControlFile("maxerrors", "int", 20, SMTPD,
+                "4xx/5xx replies an SMTP session may get, then 421 4.7.0 (counted afresh after"
+                " each accepted message); 0 = no limit",
+                show="SMTP sessions are closed after {} errors (0 = never)."),
+    ControlFile("maxjunk", "int", 100, SMTPD,
+                "NOOP, RSET, VRFY and HELP commands an SMTP session may send before each further"
+                " one counts as an error; 0 = no limit",
+                show="SMTP junk commands counted as errors after {} (0 = never)."),
+    ControlFile("maxauthfail", "int", 3, SMTPD,
+                "failed SMTP AUTH attempts in one session, then 421 4.7.0; 0 = no limit",
+                show="SMTP sessions are closed after {} AUTH failures (0 = never)."),
+    ControlFile("authfaildelay", "int", 2, SMTPD,
+                "seconds a failed AUTH waits for its 535, times the session's failures so far",
+                show="Failed SMTP AUTH attempts wait {} seconds per failure so far."),
     ControlFile("checkpassword", "line", None, SMTPD,
                 "SMTP AUTH's checkpassword program and its arguments; $CHECKPASSWORD overrides",
                 show="SMTP AUTH checkpassword command: {}.",
@@ -193,6 +220,8 @@ def default_text(f: ControlFile) -> str:
     """The default column of the docs table."""
     if isinstance(f.default, int):
         text = str(f.default)
+        if f.initial is not None:
+            text += f"; a new instance's file: {f.initial}"
     elif f.default is not None:
         text = f"`{f.default.decode()}`"
     else:

@@ -4,7 +4,9 @@
 under tcpserver or inetd), or one TLS socket after STARTTLS.  Input is buffered;
 output is buffered and flushed before every read that has to wait for the
 client (qmail's substdio rule), so replies to pipelined commands go out
-together.  Every read and write has the session timeout.
+together.  Every read and write has the per-read timeout; reads also stop at the
+session's ``deadline`` and, while ``min_rate()`` is set (DATA), when the client
+has fallen behind a minimum number of bytes a second (``Timeout.kind`` says which).
 
 ``read_data()`` is qmail-smtpd's blast(): it reads the DATA body, un-stuffs and
 stores it with LF line ends, and counts hops, exactly as docs/smtpd.md says:
@@ -35,13 +37,15 @@ from __future__ import annotations
 
 import os
 import select
+import time
 from typing import Any, Callable
 
 from qpy.errors import PermFail, TempFail
 
 READ_SIZE = 65536
 BLOCK = 65536                # DATA: longest part of a line handled at once
-LINE_MAX = 1024 * 1024       # longest command line we keep in memory
+LINE_MAX = 4096              # longest command line: RFC 5321's 512 octets, raised for the
+                             # extensions (RFC 4954's AUTH initial response, MAIL parameters)
 
 
 class Dropped(TempFail):
@@ -49,7 +53,12 @@ class Dropped(TempFail):
 
 
 class Timeout(TempFail):
-    """The client sent nothing within the timeout."""
+    """The client was too slow: ``kind`` is "read" (nothing within the per-read timeout),
+    "session" (the session's deadline passed) or "rate" (DATA slower than the minimum rate)."""
+
+    def __init__(self, kind: str = "read") -> None:
+        super().__init__(f"timeout ({kind})")
+        self.kind = kind
 
 
 class LineTooLong(PermFail):
@@ -76,6 +85,9 @@ class Connection:
         self.timeout = timeout
         self.read_size = read_size
         self.sock: Any = None        # the TLS socket once start_tls() succeeded
+        self.deadline: float | None = None   # time.monotonic() at which every read stops
+        self.received = 0            # bytes read so far
+        self._rate: tuple[float, int, int] | None = None   # min_rate(): since, received, bytes/s
         self._in = bytearray()
         self._pos = 0
         self._out: list[bytes] = []
@@ -98,6 +110,7 @@ class Connection:
         self._out.clear()
         if self.sock is not None:
             try:
+                self.sock.settimeout(self.timeout)
                 self.sock.sendall(data)
             except OSError as e:
                 raise Dropped(str(e)) from e
@@ -114,29 +127,52 @@ class Connection:
 
     # -- input -------------------------------------------------------------------
 
+    def min_rate(self, rate: int) -> None:
+        """From now on reads must keep up with ``rate`` bytes a second (after a first
+        timeout's grace, as Postfix's smtpd_min_data_rate); 0 ends it."""
+        self._rate = (time.monotonic(), self.received, rate) if rate > 0 else None
+
+    def _wait(self) -> tuple[float, str]:
+        """How long the next read may wait, and which limit that is."""
+        wait, kind = float(self.timeout), "read"
+        now = time.monotonic()
+        if self.deadline is not None and self.deadline - now < wait:
+            wait, kind = self.deadline - now, "session"
+        if self._rate is not None and self.received > self._rate[1]:   # silent: a read timeout
+            since, base, rate = self._rate
+            end = since + self.timeout + (self.received - base) / rate
+            if end - now < wait:
+                wait, kind = end - now, "rate"
+        return max(wait, 0.0), kind
+
     def _fill(self) -> None:
         """Flush, then wait for more input and append it to the buffer."""
         self.flush()
         if self._pos:
             del self._in[:self._pos]
             self._pos = 0
+        wait, kind = self._wait()
+        if wait <= 0:
+            raise Timeout(kind)
         if self.sock is not None:
             try:
+                self.sock.settimeout(wait)
                 chunk = self.sock.recv(self.read_size)
             except TimeoutError as e:
-                raise Timeout() from e
+                raise Timeout(kind) from e
             except OSError as e:
                 raise Dropped(str(e)) from e
         else:
             poller = self._rpoll
             try:
-                if not poller.poll(self.timeout * 1000):
-                    raise Timeout()
+                if not poller.poll(wait * 1000):
+                    raise Timeout(kind)
                 chunk = os.read(self.rfd, self.read_size)
             except OSError as e:
                 raise Dropped(str(e)) from e
         if not chunk:
             raise Dropped("end of input")
+        self.received += len(chunk)
         self._in += chunk
 
     def line(self, limit: int = LINE_MAX) -> bytes:
@@ -228,15 +264,26 @@ class DataResult:
 
 
 def read_data(conn: Connection, sink: Callable[[bytes], None], limit: int = 0,
-              block_size: int = BLOCK) -> DataResult:
+              block_size: int = BLOCK, rate: int = 0) -> DataResult:
     """Read DATA up to its end; pass the stored bytes to ``sink``; return what was seen.
 
     ``sink`` stops being called once the message is known to be unacceptable
     (a bare CR, or more than ``limit`` bytes when ``limit`` > 0), but the data is
     still read to its end.  ``block_size`` bounds the part of an overlong line
     held at once (at least 9: a hop line is recognised by its first 9 bytes).
+    ``rate`` > 0: the client must keep up that many bytes a second (min_rate()).
     Raises StrayNewline, Dropped or Timeout.
     """
+    conn.min_rate(rate)
+    try:
+        return _read_data(conn, sink, limit, block_size)
+    finally:
+        conn.min_rate(0)
+
+
+def _read_data(conn: Connection, sink: Callable[[bytes], None], limit: int,
+               block_size: int) -> DataResult:
+    """read_data() without the rate."""
     result = DataResult()
     at_start = True          # the next byte begins a line
     in_header = True

@@ -102,7 +102,8 @@ def test_shipped_control_files_restate_builtin_defaults():
     expected = hier.control_defaults(b"localhost")
     assert shipped == expected
     for name in hier.CONTROL_FROM_DEFAULT:
-        assert shipped[name] == b"%d\n" % controlfiles.entry(name).default
+        f = controlfiles.entry(name)
+        assert shipped[name] == b"%d\n" % (f.default if f.initial is None else f.initial)
 
 
 def test_no_file_over_700_lines_and_no_class_over_350():

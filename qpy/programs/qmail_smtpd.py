@@ -59,23 +59,16 @@ import stat
 import sys
 import time
 
-from qpy import auto, control, qmailq, received, scan, smtpio
+from qpy import auto, control, qmailq, received, sasl, scan, smtpio
 from qpy.errors import Exit, QmailError
 from qpy.rcpthosts import RcptHosts
 from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
+from qpy.smtplimits import HELO_MAX, TIMEOUTS, TOO_MANY_AUTH, TOO_MANY_ERRORS, TOO_MANY_RCPTS, Limits
 
 MAX_ADDR = 900          # longest address accepted (bytes)
 MAXHOPS = 100
 SMTPLF = b"451 See https://cr.yp.to/docs/smtplf.html."
 SERVERCERT = "servercert.pem"
-AUTH_MAX = 1024         # user + password bytes handed to checkpassword
-AUTH_LINE_MAX = 4096    # one base64 answer to a 334
-
-
-class AuthCancelled(Exception):
-    """The client answered a 334 with ``*``."""
-
-
 CONTROLS = b"421 unable to read controls (#4.3.0)"
 
 
@@ -88,7 +81,7 @@ class Config:
             raise Exit(1, CONTROLS)
         self.greeting: bytes = greeting
         self.localiphost = control.read_line_me("localiphost")
-        self.timeout = max(control.read_int("timeoutsmtpd"), 1)
+        self.limits = Limits(env)
         self.rcpthosts = RcptHosts()
         bmf = control.read_list("badmailfrom")
         self.badmailfrom = None if bmf is None else frozenset(b.lower() for b in bmf)
@@ -232,8 +225,10 @@ class Session:
 
     # -- output ------------------------------------------------------------------
 
-    def reply(self, line: bytes, code: bytes = b"") -> None:
-        """Queue one reply line, with an enhanced status code after EHLO."""
+    def reply(self, line: bytes, code: bytes = b"", error: bool = True) -> None:
+        """Queue one reply line, with an enhanced status code after EHLO; count 4xx/5xx."""
+        if error and line[:1] in b"45":
+            self.cfg.limits.errors += 1
         if self.esmtp and line[:1] in b"245" and line[3:4] == b" ":
             line = line[:4] + (code or _status_code(line)) + b" " + line[4:]
         self.conn.put(line + b"\r\n")
@@ -243,7 +238,7 @@ class Session:
     def smtp_helo(self, arg: bytes) -> None:
         self.conn.put(b"250 " + self.cfg.greeting + b"\r\n")
         self.sender = None
-        self.helo = arg
+        self.helo = arg[:HELO_MAX]
         self.esmtp = False
 
     def smtp_ehlo(self, arg: bytes) -> None:
@@ -259,7 +254,7 @@ class Session:
             self.conn.put(b"250-" + line + b"\r\n")
         self.conn.put(b"250 " + lines[-1] + b"\r\n")
         self.sender = None
-        self.helo = arg
+        self.helo = arg[:HELO_MAX]
         self.esmtp = True
 
     def smtp_rset(self, arg: bytes) -> None:
@@ -303,6 +298,9 @@ class Session:
         if self.sender is None:
             self.reply(b"503 MAIL first (#5.5.1)")
             return
+        if self.cfg.limits.rcpt_full(len(self.rcpts)):     # nothing more is stored
+            self.reply(TOO_MANY_RCPTS, error=not self.cfg.limits.quiet_overshoot())
+            return
         parsed = self.address(arg)
         if parsed is None:
             self.reply(b"555 syntax error (#5.5.4)")
@@ -340,7 +338,8 @@ class Session:
             job.put(received.smtp_line(self.cfg.remotehost, self.helo, self.cfg.remoteinfo,
                                        self.cfg.remoteip, self.cfg.localhost, self.protocol()))
             try:
-                seen = smtpio.read_data(self.conn, job.put, self.cfg.databytes)
+                seen = smtpio.read_data(self.conn, job.put, self.cfg.databytes,
+                                        rate=self.cfg.limits.datarate)
             except StrayNewline:
                 self.reply(SMTPLF, b"4.6.0")
                 raise Exit(1)
@@ -355,6 +354,7 @@ class Session:
                 job.close(sender, self.rcpts)
         if not qqx:
             self.reply(b"250 ok %d qp %d" % (int(time.time()), job.pid))
+            self.cfg.limits.delivered()
         elif looping:
             self.reply(b"554 too many hops, this message is looping (#5.4.6)")
         elif seen.bare_cr:
@@ -400,52 +400,35 @@ class Session:
             self.reply(b"503 no auth during mail transaction (#5.5.1)")
             return
         mechanism, _, initial = arg.partition(b" ")
-        mechanism, initial = mechanism.upper(), initial.strip(b" ")
+        mechanism = mechanism.upper()
         try:
-            if mechanism == b"PLAIN":
-                fields = _b64(initial if initial else self.challenge(b"")).split(b"\0")
-                if len(fields) != 3:
-                    raise ValueError("PLAIN wants authzid NUL user NUL password")
-                user, password = fields[1], fields[2]
-            elif mechanism == b"LOGIN":
-                user = _b64(initial if initial else self.challenge(b"VXNlcm5hbWU6"))
-                password = _b64(self.challenge(b"UGFzc3dvcmQ6"))
-            else:
-                self.reply(b"504 auth type unimplemented (#5.5.4)")
-                return
-        except AuthCancelled:
+            found = sasl.credentials(self.conn, mechanism, initial.strip(b" "))
+        except sasl.Cancelled:
             self.reply(b"501 auth exchange cancelled (#5.0.0)")
             return
         except ValueError:
             self.reply(b"501 malformed auth input (#5.5.2)")
             return
-        if not user or len(user) + len(password) > AUTH_MAX or b"\0" in user + password:
-            self.reply(b"535 authorization failed (#5.7.8)")
+        if found is None:
+            self.reply(b"504 auth type unimplemented (#5.5.4)")
             return
+        user, password = found
         from qpy import checkpassword
-        code = checkpassword.check(self.cfg.checkpassword, user, password)
+        code = 1
+        if sasl.acceptable(user, password):
+            code = checkpassword.check(self.cfg.checkpassword, user, password)
+        outcome = {0: "ok", checkpassword.TEMPORARY: "deferred"}.get(code, "failed")
+        _log(sasl.log_line(outcome, self.cfg.remoteip, user, mechanism))
         if code == 0:
             self.authed = user
             self.reply(b"235 ok, go ahead (#2.7.0)")
         elif code == checkpassword.TEMPORARY:
             self.reply(b"454 temporary authentication failure (#4.7.0)")
         else:
+            last = self.cfg.limits.auth_failed()        # waits longer after each failure
             self.reply(b"535 authorization failed (#5.7.8)")
-
-    def challenge(self, text: bytes) -> bytes:
-        """Send a 334 challenge, return the client's answer; ``*`` cancels."""
-        self.conn.put(b"334 " + text + b"\r\n")
-        try:
-            line = self.conn.line(AUTH_LINE_MAX)
-        except LineTooLong as e:
-            if e.partial:
-                self.conn.skip_line()
-            raise ValueError("answer too long")
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if line == b"*":
-            raise AuthCancelled()
-        return line
+            if last:
+                raise Exit(1, TOO_MANY_AUTH)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -500,10 +483,12 @@ class Session:
             self.commands()
         except Exit as e:       # QUIT, or a reply that ends the session
             if e.text:
-                self.reply(e.data)
+                self.reply(e.data, error=False)
+                _closed(self.cfg.remoteip, e.data)
             code = e.code
-        except Timeout:
-            self.reply(b"451 timeout (#4.4.2)")
+        except Timeout as e:    # qmail's 451 for one read; 421 past a deadline
+            self.reply(TIMEOUTS[e.kind], error=False)
+            _closed(self.cfg.remoteip, TIMEOUTS[e.kind])
             code = 1
         except Dropped:
             return 1
@@ -517,8 +502,9 @@ class Session:
         return code
 
     def commands(self) -> None:
-        """Read and dispatch command lines until an exception ends the session."""
-        while True:
+        """Read and dispatch command lines until an exception, or too many errors, end it."""
+        limits = self.cfg.limits
+        while not limits.exhausted():
             try:
                 line = self.conn.line()
             except LineTooLong as e:
@@ -529,10 +515,13 @@ class Session:
             if line.endswith(b"\r"):
                 line = line[:-1]
             verb, _, arg = line.partition(b" ")
-            name, flush = COMMANDS.get(verb.lower(), ("unimpl", True))
+            verb = verb.lower()
+            limits.command(verb)
+            name, flush = COMMANDS.get(verb, ("unimpl", True))
             getattr(self, "smtp_" + name)(arg.lstrip(b" "))
             if flush:
                 self.conn.flush()
+        raise Exit(1, TOO_MANY_ERRORS)
 
 
 # verb → (handler, flush after it); replies to the others wait for the next read.
@@ -563,17 +552,6 @@ def _status_code(line: bytes) -> bytes:
     return line[:1] + b".0.0"
 
 
-def _b64(text: bytes) -> bytes:
-    """Decode one SASL answer (``=`` alone is the empty string); ValueError if malformed."""
-    import binascii
-    if text == b"=":
-        return b""
-    try:
-        return binascii.a2b_base64(text, strict_mode=True)
-    except binascii.Error as e:
-        raise ValueError(str(e)) from e
-
-
 def _is_socket(fd: int) -> bool:
     try:
         return stat.S_ISSOCK(os.fstat(fd).st_mode)
@@ -591,6 +569,12 @@ def _log(text: str) -> None:
         os.write(2, f"qmail-smtpd: {text}\n".encode(errors="replace"))
     except OSError:
         pass
+
+
+def _closed(remoteip: bytes, reply: bytes) -> None:
+    """Log a session that a limit ended with 421 (for the operator, or fail2ban)."""
+    if reply[:4] == b"421 ":
+        _log(f"closed {received.safe(remoteip).decode()}: {reply[4:].decode(errors='replace')}")
 
 
 def _become_qmaild() -> None:
@@ -622,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         except Dropped:
             pass
         return 1
-    conn.timeout = cfg.timeout
+    conn.timeout, conn.deadline = cfg.limits.timeout, cfg.limits.deadline
     try:
         return Session(conn, cfg).run()
     except Exception as e:      # a bug: one log line, a 421, never a traceback

@@ -78,7 +78,9 @@ EVERY = {
     "timeoutremote": b"8\n", "timeoutsmtpd": b"9\n", "virtualdomains": b"v:pre\n",
     "nameservers": b"9.9.9.9\n", "rcptcheck": b"1\n", "checkpassword": b"/bin/cp x\n",
     "servercert.pem": b"x\n", "frobnicate": b"1\n", "tcp.smtp.cdb": b"",
-    "defaultdelivery": b"./Maildir/\n", "me": b"",
+    "defaultdelivery": b"./Maildir/\n", "me": b"", "maxrcpt": b"100\n",
+    "timeoutsmtpdsession": b"600\n", "mindatarate": b"0\n", "maxerrors": b"5\n",
+    "maxjunk": b"50\n", "maxauthfail": b"4\n", "authfaildelay": b"1\n",
 }
 
 
