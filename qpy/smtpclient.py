@@ -3,7 +3,8 @@
 ``Connection`` reads replies as qmail-remote's smtpcode() does (three digits; a
 line continues while its 4th byte is ``-``; the text keeps every line with CR
 dropped, NUL → ``?``, at most 5000 bytes), writes commands with CRLF, and can be
-upgraded with STARTTLS.  Every timeout, reset or early EOF raises ``Dropped``.
+upgraded with STARTTLS (and shut it down cleanly after QUIT: ``end_tls``).  Every
+timeout, reset or early EOF raises ``Dropped``.
 
 ``DataEncoder`` turns stored message bytes into DATA content that no byte
 sequence can end early at the next hop (docs/smtpd.md, "Known weaknesses"): LF → CRLF,
@@ -22,6 +23,7 @@ MAX_TEXT = 5000          # qmail's HUGESMTPTEXT
 MAX_LINE = 1 << 20       # a reply line longer than this is a broken peer
 RECV = 65536
 UNPARSEABLE = 400        # a reply without 3 digits counts as a temporary failure
+CLOSE_WAIT = 5.0         # at most this long for QUIT's reply and the peer's close_notify
 
 
 class Dropped(TempFail):
@@ -131,6 +133,23 @@ class Connection:
         self.sock.settimeout(self.timeout)
         self.sock.do_handshake()
         self.tls = True
+
+    def tls_description(self) -> bytes:
+        """``TLSv1.3 TLS_AES_256_GCM_SHA384``: the protocol version and cipher in use."""
+        cipher = self.sock.cipher()
+        return f"{self.sock.version()} {cipher[0] if cipher else ''}".encode()
+
+    def end_tls(self) -> None:
+        """After QUIT under TLS: read its reply, then send our close_notify and take the
+        peer's (RFC 8446 §6.1), each waited for at most CLOSE_WAIT seconds; a peer that
+        answers neither is left as it is."""
+        self.sock.settimeout(min(self.timeout, CLOSE_WAIT))
+        try:
+            self.read_reply()
+            self.sock = self.sock.unwrap()
+        except (Dropped, OSError, ValueError):
+            pass
+        self.tls = False
 
     def close(self) -> None:
         """Close without waiting for anything."""

@@ -65,6 +65,8 @@ class Session:
     chunks: list[bytes] = field(default_factory=list)    # raw, one entry per recv()
     commands: list[bytes] = field(default_factory=list)
     tls: bool = False
+    tls_closed: bool | None = None      # after QUIT under TLS: did the client send close_notify?
+    tls_cipher: bytes = b""             # "TLSv1.3 TLS_AES_256_GCM_SHA384" once TLS is up
 
 
 class Closed(Exception):
@@ -242,6 +244,13 @@ class SMTPSink:
                 io.send(reply + b"\r\n")
             elif verb_s == "QUIT":
                 self._reply(io, "QUIT", arg)
+                if session.tls:
+                    io.sock.settimeout(10)
+                    try:                # our close_notify, then wait for the client's
+                        io.sock = io.sock.unwrap()
+                        session.tls_closed = True
+                    except (OSError, ValueError):
+                        session.tls_closed = False
                 raise Closed()
             elif verb_s in ("RSET", "NOOP"):
                 mail, rcpts = (None, []) if verb_s == "RSET" else (mail, rcpts)
@@ -313,6 +322,7 @@ class _IO:
         self.buf.clear()
         self.sock = context.wrap_socket(self.sock, server_side=True)
         self.session.tls = True
+        self.session.tls_cipher = f"{self.sock.version()} {self.sock.cipher()[0]}".encode()
 
 
 def sink_group(hosts: list[str], **kw) -> contextlib.AbstractContextManager[list[SMTPSink]]:

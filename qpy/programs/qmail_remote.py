@@ -16,14 +16,18 @@ ROUTES    smtproutes ``domain:relay[:port]`` (keys: host, each ``.suffix``, then
           A/AAAA addresses only; ``[1.2.3.4]``/``[::1]``/``[IPv6:…]`` relays need no DNS.
           An empty relay means MX delivery; qpy extension: ``domain::port`` is MX delivery
           to that port.  Without a route: MX in preference order (random among equals),
-          else A/AAAA; MXs at or above our own preference are dropped.
+          else A/AAAA; MXs at or above our own preference are dropped when delivering to
+          port 25 (``domain::port`` to another port delivers even to this host's address).
 SMTP      EHLO (HELO if EHLO is refused); STARTTLS when offered, opportunistic and
           unverified, and on a failed handshake one reconnect in plain text to the same
           address; SIZE= when offered; SMTPUTF8 when offered and an envelope address or
           the header has a byte above 127 (RFC 6531/6532); MAIL plus every RCPT in one
           write when PIPELINING is offered; one transaction for all recipients; DATA with every line
           dot-stuffed and CRLF-terminated (qpy.smtpclient.DataEncoder); QUIT, reply not
-          awaited.  Only connect failures move on to the next address.
+          awaited in plain text; under TLS its reply and the peer's close_notify are
+          awaited after ours, at most 5 seconds each.  Only connect failures move on to
+          the next address.  The K report ends in ``TLS: <version> <cipher>`` or ``TLS:
+          handshake failed, sent without TLS`` when TLS was used or tried (so the log says).
 TRUSTS    nothing from the network: replies are parsed as three digits and bounded text.
 EXIT      always 0.
 """
@@ -49,6 +53,7 @@ READ = b"ZUnable to read message. (#4.3.0)\n"
 PARTIAL = b"DSMTP cannot transfer messages with partial final lines. (#5.6.2)\n"
 OSERR = b"ZSystem resources temporarily unavailable. (#4.3.0)\n"
 BADADDR = b"Sorry, I won't send an address containing CR, LF or NUL. (#5.1.3)\n"
+TLS_FAILED = b"TLS: handshake failed, sent without TLS\n"
 
 
 # -- configuration ----------------------------------------------------------------------
@@ -182,6 +187,7 @@ class Session:
         self.message = message
         self.critical = False
         self.text = b""
+        self.tls_note = b""     # the K report's last line: TLS version and cipher, or TLS_FAILED
 
     def reply(self) -> smtpclient.Reply:
         """Read a reply, remembering its text for the report."""
@@ -193,13 +199,16 @@ class Session:
         self.conn.send(line + b"\r\n")
         return self.reply()
 
-    def quit(self, prepend: bytes, append: bytes) -> Exit:
-        """Send QUIT (reply not awaited) and build the report: prepend ip append '.' text."""
+    def quit(self, prepend: bytes, append: bytes, note: bytes = b"") -> Exit:
+        """Send QUIT (in plain text its reply is not awaited; under TLS it is, briefly, and
+        the TLS close follows) and build the report: prepend ip append '.' text note."""
         try:
             self.conn.send(b"QUIT\r\n")
+            if self.conn.tls:
+                self.conn.end_tls()
         except Dropped:
             pass
-        return Exit(0, prepend + self.ip + append + b".\n" + self.said(self.text))
+        return Exit(0, prepend + self.ip + append + b".\n" + self.said(self.text) + note)
 
     @staticmethod
     def said(text: bytes) -> bytes:
@@ -231,6 +240,7 @@ class Session:
                     self.conn.starttls(smtpclient.tls_context())
                 except OSError:
                     return None
+                self.tls_note = b"TLS: " + self.conn.tls_description() + b"\n"
                 extensions = self.ehlo()
         return extensions
 
@@ -293,7 +303,7 @@ class Session:
             raise self.quit(b"D", b" failed after I sent the message")
         if code >= 400:
             raise self.quit(b"Z", b" failed after I sent the message")
-        raise self.quit(b"K", b" accepted message")
+        raise self.quit(b"K", b" accepted message", self.tls_note)
 
     def blast(self) -> None:
         """Send the message, dot-stuffed, then the final dot."""
@@ -321,6 +331,8 @@ def targets_for(host: bytes, conf: Config) -> tuple[list[mx.Target], int]:
     relay, port = route(host, conf.routes)
     if relay is not None:
         return mx.relay_targets(relay), port      # a relay is trusted: no own-MX check
+    if port != PORT:
+        return mx.mx_targets(host), port          # another port is another MTA, not our own
     return mx.drop_own(mx.mx_targets(host), mx.own_ips()), port
 
 
@@ -352,7 +364,7 @@ def deliver(argv: list[str], results: list[bytes | None], fd: int = 0) -> None:
     for target in targets:
         if table.skip(target.ip):
             continue
-        for tls in (True, False):
+        for tls in (True, False):      # False: the plain retry after a failed handshake
             try:
                 sock = smtpclient.connect(target.ip, port, conf.timeoutconnect)
             except TimeoutError:
@@ -363,8 +375,11 @@ def deliver(argv: list[str], results: list[bytes | None], fd: int = 0) -> None:
                 break
             table.result(target.ip, False)
             conn = Connection(sock, conf.timeout)
+            session = Session(conn, target.ip, conf, sender, recips, results, message)
+            if not tls:
+                session.tls_note = TLS_FAILED
             try:    # run() returns only if STARTTLS failed: reconnect without it
-                Session(conn, target.ip, conf, sender, recips, results, message).run(tls)
+                session.run(tls)
             finally:
                 conn.close()
     raise Exit(0, NOCONN)

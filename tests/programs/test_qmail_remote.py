@@ -158,13 +158,13 @@ def test_better_mx_than_this_host_is_used(home, dns):
 
 def test_literals(home, dns):
     with sink_group(["127.0.0.2", "::1"]) as (v4, v6):
+        assert remote(home, None, "[IPv6:::1]", ["r@[IPv6:::1]"]) == [OWN]    # our port 25
         mx_port(home, v4.port)
         assert remote(home, None, "[127.0.0.2]", ["r@[127.0.0.2]"])[-1].startswith(b"K127.0.0.2 ")
-        assert remote(home, None, "[IPv6:::1]", ["r@[IPv6:::1]"]) == [OWN]
-        control(home, "smtproutes", f":[IPv6:::1]:{v4.port}\n")   # keys cannot hold ':'
-
         assert remote(home, None, "[IPv6:::1]", ["r@[IPv6:::1]"])[-1].startswith(b"K::1 ")
-    assert len(v4.messages) == len(v6.messages) == 1
+        control(home, "smtproutes", f":[IPv6:::1]:{v4.port}\n")   # keys cannot hold ':'
+        assert remote(home, None, "[IPv6:::1]", ["r@[IPv6:::1]"])[-1].startswith(b"K::1 ")
+    assert (len(v4.messages), len(v6.messages)) == (1, 2)
 
 
 # -- smtproutes ------------------------------------------------------------------------------
@@ -189,6 +189,16 @@ def test_relay_to_this_host_is_allowed(home, dns):
     with sink_group(["127.0.0.1"]) as (sink,):
         control(home, "smtproutes", f":127.0.0.1:{sink.port}\n")
         assert remote(home, dns, "self.test", ["r@self.test"])[-1].startswith(b"K127.0.0.1 ")
+
+
+def test_mx_at_this_host_on_another_port_is_delivered(home, dns):
+    """``domain::port``: the own-MX rule is about this host's port 25, not every port."""
+    with sink_group(["127.0.0.1"]) as (sink,):
+        control(home, "smtproutes", f"self.test::{sink.port}\n")
+        assert remote(home, dns, "self.test", ["r@self.test"])[-1].startswith(b"K127.0.0.1 ")
+        control(home, "smtproutes", "self.test::25\n")
+        assert remote(home, dns, "self.test", ["r@self.test"]) == [OWN]
+    assert len(sink.messages) == 1
 
 
 def test_relay_nxdomain_names_the_relay(home, dns):
@@ -350,14 +360,25 @@ def test_without_pipelining_each_command_waits_for_its_reply(home, dns):
 def test_starttls_when_offered(home, dns, tmp_path):
     cert, key = make_cert(tmp_path)
     recs, sink = deliver(home, dns, ["r@example.test"], tls="ok", certfile=cert, keyfile=key)
-    assert recs[-1].startswith(b"K127.0.0.2 accepted")
+    assert recs[-1] == (b"K127.0.0.2 accepted message.\nRemote host said: 250 ok queued\n"
+                        b"TLS: " + sink.sessions[0].tls_cipher + b"\n")   # the log line says it
     assert sink.messages[0].tls and sink.messages[0].data == crlf(MSG)
     assert sink.sessions[0].commands[:3] == [b"EHLO test.example", b"STARTTLS", b"EHLO test.example"]
 
 
+def test_tls_session_ends_with_close_notify(home, dns, tmp_path):
+    cert, key = make_cert(tmp_path)
+    recs, sink = deliver(home, dns, ["r@example.test"], tls="ok", certfile=cert, keyfile=key)
+    assert recs[-1].startswith(b"K127.0.0.2 accepted")
+    sink.wait_idle()
+    assert sink.sessions[0].commands[-1] == b"QUIT"
+    assert sink.sessions[0].tls_closed is True
+
+
 def test_failed_tls_handshake_retries_in_plain_text(home, dns):
     recs, sink = deliver(home, dns, ["r@example.test"], tls="broken")
-    assert recs == [b"r", b"K127.0.0.2 accepted message.\nRemote host said: 250 ok queued\n"]
+    assert recs == [b"r", b"K127.0.0.2 accepted message.\nRemote host said: 250 ok queued\n"
+                          b"TLS: handshake failed, sent without TLS\n"]
     assert len(sink.sessions) == 2 and b"STARTTLS" not in sink.sessions[1].commands
     assert not sink.messages[0].tls
 
@@ -367,7 +388,7 @@ def test_smtputf8_when_offered_and_needed(home, dns):
     recs, sink = deliver(home, dns, [rcpt], extensions=(b"SMTPUTF8",))
     assert recs[0] == b"r"
     assert sink.messages[0].params == b"SMTPUTF8"
-    assert sink.messages[0].rcpts == ['"jos\u00e9"@example.test'.encode()]
+    assert sink.messages[0].rcpts == ["jos\u00e9@example.test".encode()]   # RFC 6531: no quotes
 
 
 UTF8_HEADER = "From: Jos\u00e9 <a@example.org>\nSubject: caf\u00e9\n\nHello.\n".encode()
