@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,240 @@ def test_privileged_instance_runs_as_qmaild(priv_home):
     finally:
         out, err = proc.communicate(b"QUIT\r\n", timeout=30)
     assert out == b"221 test.example\r\n" and proc.returncode == 0 and err == b""
+
+
+# -- limits on what one client may cost (qpy.smtplimits) ------------------------------------
+
+
+class Live:
+    """qmail-smtpd on pipes, driven step by step; reply lines come with their arrival time."""
+
+    def __init__(self, home: Path, env: dict | None = None, guard: float = 60) -> None:
+        self.proc = subprocess.Popen([str(home / "bin" / "qmail-smtpd")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**os.environ, **ENV, "QMAILHOME": str(home), **(env or {})})
+        self.guard = threading.Timer(guard, self.proc.kill)   # a session that never ends fails
+        self.guard.start()
+        self.started = time.monotonic()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+
+    def line(self) -> tuple[float, bytes]:
+        """(seconds since the start, the next reply line)."""
+        line = self.proc.stdout.readline()
+        return time.monotonic() - self.started, line
+
+    def finish(self) -> tuple[bytes, bytes, int]:
+        """(the rest of the output, fd 2, exit code) once the session has ended by itself."""
+        out = self.proc.stdout.read()
+        err = self.proc.stderr.read()
+        self.guard.cancel()
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return out, err, self.proc.wait(timeout=30)
+
+
+def rcpts(count: int, start: int = 0) -> bytes:
+    return b"".join(b"RCPT TO:<r%d@test.example>\r\n" % i for i in range(start, start + count))
+
+
+def test_recipient_1001_gets_452_and_the_message_keeps_1000(home):
+    """A new instance's control/maxrcpt is 1000: RFC 5321 §4.5.3.1.10's 452 for the next."""
+    assert (home / "control" / "maxrcpt").read_bytes() == b"1000\n"
+    result = session(home, b"EHLO c\r\nMAIL FROM:<s@x.example>\r\n" + rcpts(1001)
+                     + b"DATA\r\nx: y\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    lines = result.stdout.split(b"\r\n")
+    start = lines.index(b"250 2.1.0 ok") + 1
+    assert lines[start:start + 1000] == [b"250 2.1.5 ok"] * 1000
+    assert lines[start + 1000] == b"452 4.5.3 too many recipients (#4.5.3)"
+    assert lines[start + 1001] == b"354 go ahead"
+    assert lines[start + 2].startswith(b"250 2.0.0 ok ") or lines[start + 1002].startswith(b"250 2.0.0 ok ")
+    (_, envelope), = queued(home).values()
+    assert envelope.count(b"\0T") == 1000 and b"Tr999@test.example\0" in envelope
+    assert b"Tr1000@" not in envelope and result.returncode == 0
+
+
+def test_maxrcpt_env_overrides_the_file(home):
+    control(home, "maxrcpt", "0\n")
+    result = session(home, b"HELO c\r\nMAIL FROM:<s@x.example>\r\n" + rcpts(3) + b"QUIT\r\n",
+                     {"MAXRCPT": "2"})
+    assert result.stdout.split(b"\r\n")[3:7] == [b"250 ok", b"250 ok",
+                                                b"452 too many recipients (#4.5.3)", b"221 test.example"]
+
+
+def test_recipient_flood_is_cut_with_421(home):
+    """Past maxrcpt, as many 452s again are quiet; each further one is an error, and the
+    20th error closes the session: nothing is stored, whatever the client keeps sending."""
+    control(home, "maxrcpt", "10\n")
+    result = session(home, b"EHLO c\r\nMAIL FROM:<s@x.example>\r\n" + rcpts(100000))
+    lines = result.stdout.split(b"\r\n")
+    start = lines.index(b"250 2.1.0 ok") + 1
+    assert lines[start:] == ([b"250 2.1.5 ok"] * 10 + [b"452 4.5.3 too many recipients (#4.5.3)"] * 30
+                             + [b"421 4.7.0 too many errors, closing connection (#4.7.0)", b""])
+    assert result.returncode == 1
+    assert result.stderr == b"qmail-smtpd: closed 192.0.2.7: too many errors, closing connection (#4.7.0)\n"
+
+
+def test_21_bad_commands_get_20_errors_then_421(home):
+    """Postfix's smtpd_hard_error_limit: the 20th error reply is followed by 421 and the end."""
+    result = session(home, b"HELO c\r\n" + b"BOGUS\r\n" * 21 + b"QUIT\r\n")
+    assert result.stdout.split(b"\r\n") == (
+        [b"220 test.example ESMTP", b"250 test.example"] + [b"502 unimplemented (#5.5.1)"] * 20
+        + [b"421 too many errors, closing connection (#4.7.0)", b""])
+    assert result.returncode == 1
+
+
+def test_errors_are_counted_afresh_after_an_accepted_message(home):
+    control(home, "maxerrors", "3\n")
+    txn = b"MAIL FROM:<s@x.example>\r\nRCPT TO:<a@test.example>\r\nDATA\r\nx: y\r\n.\r\n"
+    result = session(home, b"HELO c\r\n" + b"BOGUS\r\n" * 2 + txn + b"BOGUS\r\n" * 2 + b"QUIT\r\n")
+    assert result.stdout.count(b"502 ") == 4 and result.stdout.endswith(b"221 test.example\r\n")
+    result = session(home, b"HELO c\r\n" + b"BOGUS\r\n" * 3 + b"QUIT\r\n")
+    assert result.stdout.endswith(b"502 unimplemented (#5.5.1)\r\n421 too many errors, closing"
+                                  b" connection (#4.7.0)\r\n")
+
+
+def test_junk_commands_past_maxjunk_count_as_errors(home):
+    control(home, "maxjunk", "3\n")
+    control(home, "maxerrors", "2\n")
+    result = session(home, b"EHLO c\r\nNOOP\r\nRSET\r\nVRFY x\r\nHELP\r\nNOOP\r\nNOOP\r\n")
+    assert result.stdout.split(b"\r\n")[-7:] == [
+        b"250 2.0.0 ok", b"250 2.0.0 flushed", b"252 2.0.0 send some mail, i'll try my best",
+        b"214 2.0.0 notqmail home page: https://notqmail.org", b"250 2.0.0 ok",
+        b"421 4.7.0 too many errors, closing connection (#4.7.0)", b""]
+    assert result.returncode == 1
+
+
+def test_slowloris_is_cut_at_the_session_deadline(home):
+    """One byte every 0.2 s never trips the 5 s read timeout, but the 2 s session ends."""
+    control(home, "timeoutsmtpd", "5\n")
+    control(home, "timeoutsmtpdsession", "2\n")
+    live = Live(home)
+    assert live.line()[1] == b"220 test.example ESMTP\r\n"
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set() and live.proc.poll() is None:
+            live.send(b"N")
+            time.sleep(0.2)
+    threading.Thread(target=trickle, daemon=True).start()
+    when, line = live.line()
+    stop.set()
+    out, err, code = live.finish()
+    assert line == b"421 session time limit exceeded, closing connection (#4.4.2)\r\n"
+    assert when >= 2 and code == 1 and out == b""
+    assert err == b"qmail-smtpd: closed 192.0.2.7: session time limit exceeded, closing connection (#4.4.2)\n"
+
+
+def test_data_slower_than_mindatarate_is_cut(home):
+    """5 bytes a second in DATA never trips the 1 s read timeout; 1000 bytes/s is required."""
+    control(home, "timeoutsmtpd", "1\n")
+    control(home, "timeoutsmtpdsession", "0\n")
+    control(home, "mindatarate", "1000\n")
+    live = Live(home)
+    live.send(b"HELO c\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<a@test.example>\r\nDATA\r\n")
+    while live.line()[1] != b"354 go ahead\r\n":
+        pass
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set() and live.proc.poll() is None:
+            live.send(b"x")
+            time.sleep(0.2)
+    threading.Thread(target=trickle, daemon=True).start()
+    line = live.proc.stdout.readline()
+    elapsed = time.monotonic() - started
+    stop.set()
+    out, err, code = live.finish()
+    assert line == b"421 data rate too low, closing connection (#4.4.2)\r\n"
+    assert elapsed >= 1 and code == 1
+    assert queued(home) == {} and leftovers(home) == []
+
+
+def test_stress_mode_shortens_the_read_timeout(home):
+    """QPYSTRESS=1 (tcpserver's slots nearly full): a thirtieth of timeoutsmtpd, at most 10 s."""
+    control(home, "timeoutsmtpd", "30\n")
+    live = Live(home, {"QPYSTRESS": "1"}, guard=15)
+    assert live.line()[1] == b"220 test.example ESMTP\r\n"
+    when, line = live.line()        # stdin stays open and silent
+    out, err, code = live.finish()
+    assert line == b"451 timeout (#4.4.2)\r\n" and when >= 1 and code == 1
+    live = Live(home, {"QPYSTRESS": ""})     # not under stress: the full 30 s
+    assert live.line()[1] == b"220 test.example ESMTP\r\n"
+    live.send(b"QUIT\r\n")
+    assert live.line()[1] == b"221 test.example\r\n"
+    live.finish()
+
+
+def test_huge_helo_never_reaches_the_received_line(home):
+    """A command line over 4096 bytes is refused (RFC 5321 §4.5.3.1.4 allows it); a long one
+    under the cap is accepted but only its first 255 bytes go into Received."""
+    big = b"h" * (1 << 20)
+    txn = b"MAIL FROM:<s@x.example>\r\nRCPT TO:<a@test.example>\r\nDATA\r\nx: y\r\n.\r\n"
+    result = session(home, b"HELO " + big + b"\r\n" + txn + b"HELO " + b"k" * 4000 + b"\r\n" + txn
+                     + b"QUIT\r\n")
+    lines = result.stdout.split(b"\r\n")
+    assert lines[1] == b"500 sorry, line too long (#5.5.2)"
+    assert result.returncode == 0
+    messages = [mess for mess, _ in queued(home).values()]
+    assert len(messages) == 2 and all(len(m) < 1024 for m in messages)
+    assert sum(b"(HELO " + b"k" * 255 + b")" in m for m in messages) == 1
+
+
+def test_auth_failures_wait_longer_each_time_then_421(home, tmp_path):
+    """authfaildelay 1: the first 535 after >= 1 s, the second >= 2 s after it; maxauthfail 2
+    closes the session; each attempt is logged with the address and the user, never the password."""
+    env = prepare(home, "auth", tmp_path)
+    control(home, "authfaildelay", "1\n")
+    control(home, "maxauthfail", "2\n")
+    live = Live(home, env)
+    wrong = b"AUTH PLAIN " + base64.b64encode(b"\0alice\0hunter2") + b"\r\n"
+    live.send(b"EHLO c\r\n")
+    while not live.line()[1].startswith(b"250 "):
+        pass
+    sent = time.monotonic() - live.started
+    live.send(wrong)
+    first, line1 = live.line()
+    live.send(wrong)
+    second, line2 = live.line()
+    out, err, code = live.finish()
+    assert line1 == line2 == b"535 5.7.8 authorization failed (#5.7.8)\r\n"
+    assert first - sent >= 1 and second - first >= 2
+    assert out == b"421 4.7.0 too many authentication failures, closing connection (#4.7.0)\r\n"
+    assert code == 1
+    assert err == (b"qmail-smtpd: auth failed 127.0.0.1 user alice mechanism PLAIN\n" * 2
+                   + b"qmail-smtpd: closed 127.0.0.1: too many authentication failures,"
+                   b" closing connection (#4.7.0)\n")
+    assert b"hunter2" not in err
+
+
+def test_auth_user_name_is_escaped_in_the_log(home, tmp_path):
+    env = prepare(home, "auth", tmp_path)
+    control(home, "authfaildelay", "0\n")
+    login = base64.b64encode(b"\0ev il\nqmail-smtpd: auth ok\0x")
+    result = session(home, b"EHLO c\r\nAUTH PLAIN " + login + b"\r\nQUIT\r\n", env)
+    assert result.stderr == b"qmail-smtpd: auth failed 127.0.0.1 user ev?il?qmail-smtpd:?auth?ok mechanism PLAIN\n"
+
+
+def test_new_instance_refuses_over_10_mb_with_552(home):
+    """A new instance's databytes is Postfix's 10 MB: SIZE= and DATA both get 552 5.3.4."""
+    from qpy import hier
+    control(home, "databytes", hier.control_defaults(b"test.example")["databytes"])  # BASE's is 0
+    assert b"\r\n250-SIZE 10485760\r\n" in session(home, b"EHLO c\r\nQUIT\r\n").stdout
+    body = b"x" * 998 + b"\r\n"
+    result = session(home, b"EHLO c\r\nMAIL FROM:<s@x.example> SIZE=10485761\r\n"
+                     b"MAIL FROM:<s@x.example>\r\nRCPT TO:<a@test.example>\r\nDATA\r\n"
+                     + body * 10600 + b".\r\nQUIT\r\n")
+    too_big = b"552 5.3.4 sorry, that message size exceeds my databytes limit (#5.3.4)"
+    assert result.stdout.split(b"\r\n")[-7:] == [
+        too_big, b"250 2.1.0 ok", b"250 2.1.5 ok", b"354 go ahead", too_big,
+        b"221 2.0.0 test.example", b""]
+    assert queued(home) == {}
