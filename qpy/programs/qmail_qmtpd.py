@@ -5,16 +5,19 @@ RUNS AS   qmaild.
 READS     per message: netstring(``\\n`` + LF text, or ``\\r`` + CRLF text: CRLF → LF, a
           lone CR kept), netstring(sender), netstring(netstrings of recipients); any number
           of messages until the client closes.  control/rcpthosts, morercpthosts.cdb,
-          databytes; $RELAYCLIENT (appended to each recipient, rcpthosts not checked),
-          $DATABYTES; $TCPREMOTEIP/HOST/INFO and $TCPLOCALHOST (else $TCPLOCALIP).
+          databytes, maxrcpt; $RELAYCLIENT (appended to each recipient, rcpthosts not
+          checked), $DATABYTES, $MAXRCPT; $TCPREMOTEIP/HOST/INFO and $TCPLOCALHOST (else
+          $TCPLOCALIP).
 WRITES    each message to qmail-queue (qpy.qmailq) after ``Received: from <host>
           (<info>@<ip>) by <local> with QMTP; <date>``; per message one netstring per
           recipient, in order: ``Kok <time> qp <pid>``, qmail-queue's ``Z…``/``D…``, ``Dsorry,
           that domain isn't in my list of allowed rcpthosts (#5.7.1)``, or ``Dsorry, I can't
           handle that recipient (#5.1.3)`` (address + RELAYCLIENT of 1000 bytes or more, or
-          a NUL).  A bad sender (1000 bytes or more, or a NUL) makes the others ``Dunacceptable
-          sender (#5.1.7)``, a message over databytes ``Dsorry, that message size exceeds my
-          databytes limit (#5.3.4)``; then nothing is queued.  Replies are flushed before
+          a NUL); past maxrcpt acceptable recipients ``Zsorry, too many recipients (#4.5.3)``
+          (QMTP's temporary refusal, SMTP's 452: the client sends those again later, in a
+          message of their own).  A bad sender (1000 bytes or more, or a NUL) makes the
+          others ``Dunacceptable sender (#5.1.7)``, a message over databytes ``Dsorry, that
+          message size exceeds my databytes limit (#5.3.4)``; then nothing is queued.  Replies are flushed before
           each read, as qmail's saferead does.
 TRUSTS    nothing in the stream beyond the netstring format.
 EXIT      0 when the client closes; 100 protocol error (silently); 111 a length over
@@ -34,6 +37,7 @@ ALARM = 3600
 MAX_ADDR = 1000
 NOT_RCPTHOST = netstring.encode(b"Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
 BAD_RCPT = netstring.encode(b"Dsorry, I can't handle that recipient (#5.1.3)")
+TOO_MANY = netstring.encode(b"Zsorry, too many recipients (#4.5.3)")
 BAD_SENDER = "Dunacceptable sender (#5.1.7)"
 TOO_BIG = "Dsorry, that message size exceeds my databytes limit (#5.3.4)"
 
@@ -56,11 +60,15 @@ class Session:
         try:
             self.rcpthosts = rcpthosts.RcptHosts()
             self.databytes = control.read_int("databytes")
+            self.maxrcpt = control.read_int("maxrcpt")
         except QmailError:
             raise Exit(111)
         value = _env("DATABYTES")
         if value is not None:
             self.databytes = scan.ulong(value)
+        value = _env("MAXRCPT")
+        if value is not None:
+            self.maxrcpt = scan.ulong(value)
         self.relayclient = _env("RELAYCLIENT")
         self.header = received.tcp_peer()
 
@@ -116,12 +124,14 @@ class Session:
         self.stream.comma()
         return None if b"\0" in data else data
 
-    def recipients(self) -> list[tuple[bytes | None, bytes]]:
-        """The recipients netstring → [(address to queue or None, failure reply or b"")]."""
+    def recipients(self) -> list[list]:
+        """The recipients netstring → [[address to queue or None, failure reply or b"", count]]:
+        a refusal repeated for consecutive recipients is one entry (a flood stays small)."""
         relay = self.relayclient
         extra = len(relay) if relay is not None else 0
         total = self.stream.length()
-        out = []
+        out: list[list] = []
+        accepted = 0
         while total > 0:
             n = 0
             digits = 0
@@ -143,7 +153,7 @@ class Session:
             if n + extra >= MAX_ADDR:
                 for _ in self.stream.chunks(n):
                     pass
-                out.append((None, BAD_RCPT))
+                _add(out, None, BAD_RCPT)
             else:
                 addr = self.stream.read(n)
                 failure = BAD_RCPT if b"\0" in addr else b""
@@ -155,7 +165,10 @@ class Session:
                             failure = NOT_RCPTHOST
                     except QmailError:
                         raise Exit(111)
-                out.append((None if failure else addr, failure))
+                if not failure and self.maxrcpt and accepted >= self.maxrcpt:
+                    failure = TOO_MANY          # read, then forgotten
+                accepted += not failure
+                _add(out, None if failure else addr, failure)
             self.stream.comma()
             total -= n + 1
         self.stream.comma()
@@ -178,7 +191,7 @@ class Session:
         except BaseException:
             job.abort()
             raise
-        good = [addr for addr, failure in rcpts if addr is not None]
+        good = [addr for addr, failure, _ in rcpts if addr is not None]
         if fits and sender is not None and good:
             result = job.close(sender, good)
         else:
@@ -189,13 +202,24 @@ class Session:
         if not fits:
             result = TOO_BIG
         reply = netstring.encode((result or "Kok %d qp %d" % (int(time.time()), job.pid)).encode())
-        for _, failure in rcpts:
-            self.pending += failure or reply
+        for _, failure, count in rcpts:
+            for _ in range(count):
+                self.pending += failure or reply
+                if len(self.pending) >= 65536:
+                    self.flush()
 
     def run(self) -> None:
         """Messages until the client closes (netstring.Closed)."""
         while True:
             self.message()
+
+
+def _add(out: list[list], addr: bytes | None, failure: bytes) -> None:
+    """Append one recipient's outcome, counting a refusal repeated from the one before."""
+    if addr is None and out and out[-1][0] is None and out[-1][1] == failure:
+        out[-1][2] += 1
+    else:
+        out.append([addr, failure, 1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,3 +100,24 @@ def test_queue_failure_is_reported_as_its_text(home, tmp_path):
     r = qmqpd(home, request(MESSAGE, b"s@x", b"a@x"), env={**CLIENT, "QMAILQUEUE": str(qq)})
     assert r.stdout == ns(b"Dmail server permanently rejected message (#5.3.0)")
     assert queued(home) == []
+
+
+def test_more_recipients_than_maxrcpt_is_a_permanent_refusal(home):
+    """A new instance's control/maxrcpt, 1000: one more and nothing is queued (QMQP has one
+    reply per message, RFC 3463's 5.5.3)."""
+    rcpts = [b"r%d@x.test" % i for i in range(1001)]
+    r = qmqpd(home, request(b"x\n", b"s@x.test", *rcpts[:1000]))
+    assert b":Kok " in r.stdout and len(queued(home)) == 1
+    r = qmqpd(home, request(b"x\n", b"s@x.test", *rcpts))
+    assert (r.returncode, r.stdout) == (0, b"36:Dsorry, too many recipients (#5.5.3),")
+    assert len(queued(home)) == 1
+
+
+def test_maxrcpt_env_overrides_and_zero_is_no_limit(home):
+    (home / "control" / "maxrcpt").write_text("0\n")
+    r = qmqpd(home, request(b"x\n", b"s@x.test", *[b"r%d@x.test" % i for i in range(3000)]))
+    assert b":Kok " in r.stdout
+    r = qmqpd(home, request(b"x\n", b"s@x.test", b"a@x.test", b"b@x.test", b"c@x.test"),
+              {**CLIENT, "MAXRCPT": "2"})
+    assert r.stdout == b"36:Dsorry, too many recipients (#5.5.3),"
+    assert len(queued(home)) == 1

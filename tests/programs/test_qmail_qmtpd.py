@@ -130,3 +130,33 @@ def test_protocol_errors_close_with_exit_100(home, server, data):
         assert read_all(s) == b""
     assert re.search(r"end \d+ status 25600", server.wait_log(" end "))
     assert queued(home) == {}
+
+
+TOO_MANY = b"Zsorry, too many recipients (#4.5.3)"
+
+
+def test_recipient_1001_is_refused_for_now_and_the_message_keeps_1000(home, server):
+    """A new instance's control/maxrcpt, 1000: past it QMTP's temporary Z (SMTP's 452 4.5.3)."""
+    rcpts = [b"r%d@test.example" % i for i in range(1001)]
+    with connect(server.host, server.port) as s:
+        s.sendall(qmtp(b"x\n", b"s@x", rcpts))
+        got = replies(s, 1001)
+    assert all(OK.fullmatch(r) for r in got[:1000]) and got[1000] == TOO_MANY
+    [(text, env)] = queued(home).values()
+    assert env.count(b"\0T") == 1000 and b"\0Tr1000@" not in env
+
+
+def test_recipient_flood_is_refused_in_order_and_not_stored(home, server):
+    control(home, "maxrcpt", "2\n")
+    with connect(server.host, server.port) as s:
+        s.sendall(qmtp(b"x\n", b"s@x", [b"a@test.example", b"b@other.example", b"c@test.example",
+                                        b"d@test.example", b"e@other.example", b"f@test.example"]))
+        got = replies(s, 6)
+        s.sendall(qmtp(b"y\n", b"s@x", [b"g%d@test.example" % i for i in range(200000)]))
+        flood = replies(s, 200000)
+    assert [OK.fullmatch(r) is not None for r in got] == [True, False, True, False, False, False]
+    assert got[1] == got[4] == NOT_RCPTHOST and got[3] == got[5] == TOO_MANY
+    assert all(OK.fullmatch(r) for r in flood[:2]) and flood[2:] == [TOO_MANY] * 199998
+    envelopes = sorted(env for _, env in queued(home).values())
+    assert envelopes == [b"Fs@x\0Ta@test.example\0Tc@test.example\0",
+                         b"Fs@x\0Tg0@test.example\0Tg1@test.example\0"]
