@@ -22,7 +22,8 @@ class Entry:
     """One directory or file of an instance."""
 
     path: str
-    kind: str       # "d" directory, "z" zero-filled file of `size` bytes, "p" FIFO
+    kind: str       # "d" directory, "z" zero-filled file of `size` bytes, "p" FIFO,
+                    # "f" a file the administrator provides (only its owner and mode are set)
     owner: str
     group: str      # "qmail", or "" for the owner's own primary group
     mode: int
@@ -66,6 +67,14 @@ DIRS: list[Entry] = [
     Entry("public", "d", auto.QMAILQ, Q, 0o711),
     Entry("public/qmail-pickup", "p", auto.QMAILQ, Q, 0o622),
     Entry("maildrop", "d", auto.QMAILQ, Q, 0o3733),
+]
+
+# Files the administrator provides; install (qpy init, qpy install) sets their owner and mode
+# when they exist.  qmail-smtpd reads the STARTTLS certificate and key as qmaild (tcpserver
+# -u/-g drops to qmaild before it runs, in qpy run and in the supervised service alike), so
+# qmaild owns them and nobody else may read them.  A symbolic link is left alone.
+PROVIDED: list[Entry] = [
+    Entry("control/servercert.pem", "f", auto.QMAILD, "", 0o400),
 ]
 
 # Every program: bin/<name> ↔ qpy/programs/<module>.py ↔ one console_scripts line.
@@ -199,6 +208,13 @@ def install(home: str, me: bytes, priv: bool) -> None:
         _write_new(os.path.join(home, "control", name), data, uid, gid, 0o644, priv)
     for program in PROGRAMS:
         _write_file(os.path.join(home, "bin", program), shim(program).encode(), uid, gid, 0o755, priv)
+    for entry in PROVIDED:
+        full = os.path.join(home, entry.path)
+        if os.path.isfile(full) and not os.path.islink(full):
+            uid, gid = owners.ids(entry.owner, entry.group)
+            if priv:
+                os.chown(full, uid, gid)
+            os.chmod(full, entry.mode)
 
 
 def _write_new(full: str, data: bytes, uid: int, gid: int, mode: int, priv: bool) -> None:
@@ -224,14 +240,18 @@ def check(home: str, priv: bool) -> list[str]:
     """Return a line for every entry whose type, owner or mode is wrong."""
     owners = Owners(priv)
     problems = []
-    for entry in DIRS:
+    for entry in DIRS + PROVIDED:
         full = os.path.join(home, entry.path) if entry.path else home
         try:
             st = os.lstat(full)
         except FileNotFoundError:
-            problems.append(f"{entry.path or '.'}: missing")
+            if entry.kind != "f":
+                problems.append(f"{entry.path or '.'}: missing")
             continue
-        want_type = {"d": stat.S_ISDIR, "p": stat.S_ISFIFO, "z": stat.S_ISREG}[entry.kind]
+        if entry.kind == "f" and stat.S_ISLNK(st.st_mode):
+            continue
+        want_type = {"d": stat.S_ISDIR, "p": stat.S_ISFIFO, "z": stat.S_ISREG,
+                     "f": stat.S_ISREG}[entry.kind]
         if not want_type(st.st_mode):
             problems.append(f"{entry.path}: wrong type")
         if stat.S_IMODE(st.st_mode) != entry.mode:
