@@ -61,6 +61,7 @@ workers (the child must exec).
 """
 from __future__ import annotations
 
+import array
 import fcntl
 import gc
 import os
@@ -241,9 +242,11 @@ class Spawner:
                 return self.err(slot, b"Zqmail-spawn unable to create pipe. (#4.3.0)\n")
             worker = self._idle_worker()
             if worker is not None:
-                try:
-                    socket.send_fds(worker.sock, [sender + b"\0" + recipient + b"\0%d" % at],
-                                    [fd, w], socket.MSG_NOSIGNAL)
+                try:        # (not socket.send_fds: before 3.12 it drops the flags, and a
+                            # dead idle worker would then kill us with SIGPIPE)
+                    worker.sock.sendmsg([sender + b"\0" + recipient + b"\0%d" % at],
+                                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array("i", [fd, w]))], socket.MSG_NOSIGNAL)
                 except OSError:
                     self._drop_worker(worker)
                     worker = None

@@ -254,3 +254,44 @@ def test_privileged_message_with_wrong_owner(priv_home):
     os.chown(priv_home / "queue" / "mess" / m.decode(), 0, 0)
     assert lspawn(priv_home, cmd(0, m, b"", b"x@test.example")) == {
         0: b"ZSorry, message has wrong owner. (#4.3.5)\n"}
+
+
+def test_a_dead_idle_worker_does_not_take_lspawn_down(home):
+    """A delivery worker killed while idle (OOM killer, an admin): the next command that
+    would have gone to it is run another way.  Run warm, as qmail-start runs it (SIGPIPE at
+    its default action): before, the command's sendmsg to the dead worker raised SIGPIPE and
+    killed qmail-lspawn, and qmail-send stopped ("lost spawn connection")."""
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+    alias = home / "alias"
+    maildir(alias / "Maildir")
+    write(alias / ".qmail-joe", "./Maildir/\n")
+    m = queued(home)
+    code = "import sys; from qpy import warm; sys.exit(warm.run('qmail-lspawn', ['./Maildir/']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, QMAILHOME=str(home)))
+    try:
+        proc.stdin.write(cmd(0, m, b"s@example.org", b"joe@test.example"))
+        proc.stdin.flush()
+        out = b""
+        while out.count(b"\0") < 1:          # the limit byte, then slot 0's report
+            assert select.select([proc.stdout], [], [], 30)[0]
+            out += os.read(proc.stdout.fileno(), 4096)
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                   and open(f"/proc/{p}/stat", "rb").read().rsplit(b")", 1)[1].split()[1]
+                   == str(proc.pid).encode()]
+        assert workers                       # the idle worker that delivered slot 0
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        proc.stdin.write(cmd(1, m, b"s@example.org", b"joe@test.example"))
+        proc.stdin.flush()
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, err) == (0, b"")
+    assert out + rest == bytes([auto.SPAWN_LIMIT]) + b"\0Kdid 1+0+0\n\0\x01Kdid 1+0+0\n\0"
