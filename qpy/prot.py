@@ -3,6 +3,10 @@
 In single-user mode every qmail account maps to the invoking user, and
 ``drop_to`` changes nothing.  In privileged mode (the instance's queue is owned
 by the qmailq account and we run as root) programs become their accounts.
+
+The kernel forgets a parent-death signal (prctl PR_SET_PDEATHSIG, which ``qpy run``
+gives its children so they never outlive it) whenever ids change; a session leader
+(a daemon started that way) sets it again after each change made here.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass
+from typing import Any
 
 from qpy import auto
 from qpy.errors import TempFail
@@ -40,6 +45,15 @@ def lookup_group(name: str) -> int | None:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         return None
+
+
+def account_of(uid: int) -> Account:
+    """The passwd entry of ``uid``; its number as the name if it has none."""
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return Account(str(uid), uid, uid, "/")
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
 
 def accounts_exist() -> bool:
@@ -91,22 +105,79 @@ def drop_to(uid: int, gid: int, groups: list[int] | None = None) -> None:
         if uid != os.geteuid():
             raise TempFail("Unable to switch user: not root. (#4.3.0)")
         return
+    keep = _death_signal()
     os.setgroups(groups if groups is not None else [gid])
     os.setgid(gid)
     os.setuid(uid)
+    _set_again(keep)
     if os.getuid() != uid or os.geteuid() != uid:
         raise TempFail("Unable to switch user. (#4.3.0)")
 
 
 def set_gid(gid: int) -> None:
     """ucspi-tcp's prot_gid: supplementary groups = [gid], then gid.  Raises OSError."""
+    keep = _death_signal()
     os.setgroups([gid])
     os.setgid(gid)
+    _set_again(keep)
 
 
 def set_uid(uid: int) -> None:
     """ucspi-tcp's prot_uid: setuid.  Raises OSError."""
+    keep = _death_signal()
     os.setuid(uid)
+    _set_again(keep)
+
+
+PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
+_libc: Any = None
+
+
+def _prctl(option: int, arg: Any) -> int:
+    """prctl(option, arg, 0, 0, 0) through libc (ctypes, loaded once); -1 on failure."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if isinstance(arg, int):
+        arg = ctypes.c_ulong(arg)
+    zero = ctypes.c_ulong(0)
+    return int(_libc.prctl(ctypes.c_int(option), arg, zero, zero, zero))
+
+
+def set_death_signal(sig: int) -> bool:
+    """Have the kernel send us ``sig`` when our parent dies; False if it cannot (not Linux)."""
+    try:
+        return _prctl(PR_SET_PDEATHSIG, sig) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def parent_death_signal() -> int:
+    """The signal the kernel sends us when our parent dies; 0 for none (or not Linux)."""
+    import ctypes
+    value = ctypes.c_int(0)
+    try:
+        if _prctl(PR_GET_PDEATHSIG, ctypes.byref(value)) != 0:
+            return 0
+    except (OSError, AttributeError):
+        return 0
+    return value.value
+
+
+def _death_signal() -> tuple[int, int]:
+    """(parent-death signal, parent pid) of a session leader; (0, 0) for anyone else."""
+    if os.getsid(0) != os.getpid():
+        return 0, 0
+    return parent_death_signal(), os.getppid()
+
+
+def _set_again(keep: tuple[int, int]) -> None:
+    """Restore the parent-death signal an id change cleared; act on it if the parent is gone."""
+    sig, parent = keep
+    if sig and set_death_signal(sig) and os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 def set_umask(mask: int) -> int:

@@ -13,6 +13,14 @@ from qpy import auto, prot
 
 LOGGER = "multilog t s1000000 n20 ./main"          # daemontools
 RUNIT_LOGGER = "svlogd -t ./main"                   # runit: -t is a TAI64N stamp too
+SMTP_LIMIT = 20                                     # tcpserver -c of the qmail-smtpd service
+BUSY = "421 too many connections from your address (#4.7.0)"
+
+
+def per_client(limit: int) -> str:
+    """tcpserver's -C argument for ``limit`` slots: a fifth of them for one address, and the
+    421 that a client over it reads (docs/ucspi-tcp.md)."""
+    return f"{max(1, limit // 5)}:{BUSY}"
 
 
 def run_scripts(home: str, me: str, defaultdelivery: str, smtp_host: str, smtp_port: int,
@@ -26,7 +34,8 @@ def run_scripts(home: str, me: str, defaultdelivery: str, smtp_host: str, smtp_p
         "qmail-smtpd": (
             f"uid=$(id -u {auto.QMAILD}) gid=$(id -g {auto.QMAILD})\n"
             f"exec {env} {q(bin_)}/tcpserver -v -R -l {q(me)} -x {q(home)}/control/tcp.smtp.cdb -X"
-            f" -c 20 -u \"$uid\" -g \"$gid\" {q(smtp_host)} {smtp_port} qmail-smtpd 2>&1\n"),
+            f" -c {SMTP_LIMIT} -C {q(per_client(SMTP_LIMIT))} -u \"$uid\" -g \"$gid\""
+            f" {q(smtp_host)} {smtp_port} qmail-smtpd 2>&1\n"),
     }
     # Privileged mode: callers who are not qmailq queue through these two (SECURITY.md).
     for name in ("qmail-queued", "qmail-pickup"):
