@@ -92,6 +92,14 @@ def alias_to(home: str, address: bytes) -> list[str]:
 
     Existing .qmail files are kept; returns the role names that were set up.
     """
+    return alias_roles(home, b"&" + address)
+
+
+def alias_roles(home: str, line: bytes) -> list[str]:
+    """Give postmaster, mailer-daemon and root the .qmail ``line`` (qmail's INSTALL.alias).
+
+    Existing .qmail files are kept; returns the role names that were set up.
+    """
     made = []
     for role in ROLE_ACCOUNTS:
         path = os.path.join(home, "alias", ".qmail-" + role.decode())
@@ -100,7 +108,7 @@ def alias_to(home: str, address: bytes) -> list[str]:
         except FileExistsError:
             continue
         with os.fdopen(fd, "wb") as f:
-            f.write(b"&" + address + b"\n")
+            f.write(line + b"\n")
         made.append(role.decode())
     return made
 

@@ -21,7 +21,8 @@ WRITES    init: the instance tree of qpy.hier (existing control files are kept).
           run a single-user instance as root (qpy.runner.decide); one line says which.
           install (root): the qmail accounts, a privileged instance, and service
           directories (run + log/run with multilog's TAI64N stamps) for daemontools
-          or runit.
+          or runit; postmaster, mailer-daemon and root get alias/.qmail-* files
+          (to --postmaster ADDRESS, else to alias/Maildir/), as qmail's INSTALL.alias.
 EXIT      0 ok; 100 usage or bad argument; 111 on any failure (one line on stderr).
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import socket
 
 import click
 
-from qpy import control, hier, instance, prot, runner
+from qpy import auto, control, hier, instance, prot, runner
 from qpy.errors import Exit, QmailError
 from qpy.programs import options
 
@@ -191,8 +192,10 @@ def status(home: str) -> None:
 @click.option("--smtp-port", default=25, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--service-dir", default=None, help="Where to write service directories [HOME/supervise].")
 @click.option("--link", "scan_dir", default=None, help="Also link the services into this scan directory.")
+@click.option("--postmaster", default=None, metavar="ADDRESS",
+              help="Forward postmaster, mailer-daemon and root here [default: HOME/alias/Maildir/].")
 def install(home: str, me: str | None, defaultdelivery: str, smtp_host: str, smtp_port: int,
-            service_dir: str | None, scan_dir: str | None) -> None:
+            service_dir: str | None, scan_dir: str | None, postmaster: str | None) -> None:
     """Privileged mode: accounts, the instance with qmail's owners, service directories."""
     from qpy import accounts, services
     if os.geteuid() != 0:
@@ -208,13 +211,32 @@ def install(home: str, me: str | None, defaultdelivery: str, smtp_host: str, smt
         paths = services.write(service_dir or os.path.join(home, "supervise"), scripts)
         if scan_dir:
             services.link(paths, scan_dir)
+        roles = _postmaster(home, postmaster)
     except QmailError as e:
         raise Exit(111, e.text)
     except OSError as e:
         raise Exit(111, f"unable to install into {e.filename or home}: {e.strerror}")
     if made:
         click.echo(f"qpy: created accounts: {' '.join(made)}")
+    if roles:
+        where = postmaster or f"{home}/alias/Maildir/"
+        click.echo(f"qpy: mail to {', '.join(roles)} goes to {where}")
     click.echo(f"qpy: privileged instance at {home}; services: {' '.join(paths)}")
+
+
+def _postmaster(home: str, address: str | None) -> list[str]:
+    """qmail's INSTALL.alias: postmaster, mailer-daemon and root get ~alias/.qmail-* files —
+    forwarding to ``address``, or delivering to the alias account's own Maildir (which the
+    admin reads as root).  Existing files are kept; returns the roles set up."""
+    if address:
+        return instance.alias_to(home, address.encode())
+    maildir = os.path.join(home, "alias", "Maildir")
+    instance.maildirmake(maildir)
+    alias = prot.lookup_user(auto.ALIAS)
+    if alias is not None:
+        for sub in ("", "tmp", "new", "cur"):
+            os.chown(os.path.join(maildir, sub), alias.uid, alias.gid)
+    return instance.alias_roles(home, b"./Maildir/")
 
 
 def main(argv: list[str] | None = None) -> int:

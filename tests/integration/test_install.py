@@ -194,3 +194,39 @@ def test_ordinary_user_submits_while_stopped_and_is_delivered_after_start(instal
     assert re.search(rb"^Received: \(qmail \d+ invoked by uid %d\);" % pw.pw_uid, data, re.M)
     assert msg["Subject"] == "while stopped"
     assert os.listdir(home / "maildrop") == []
+
+
+def test_postmaster_mailer_daemon_and_root_have_an_alias_that_delivers(installed):
+    """Before: no alias/.qmail-postmaster, so postmaster@ (RFC 5321 requires it) bounced."""
+    base, port, services = installed
+    alias = base / "qmail" / "alias"
+    for role in ("postmaster", "mailer-daemon", "root"):
+        assert (alias / f".qmail-{role}").read_bytes() == b"./Maildir/\n"
+    maildir = alias / "Maildir"
+    assert (maildir / "new").stat().st_uid == pwd.getpwnam("alias").pw_uid
+    scan = Scan(base / "service")
+    try:
+        wait_until(lambda: smtp_up(port), 60, "SMTP")
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.sendmail("someone@example.test", ["postmaster@inst.test"], b"Subject: to pm\r\n\r\nhi\r\n")
+            s.sendmail("someone@example.test", ["root@inst.test"], b"Subject: to root\r\n\r\nhi\r\n")
+        wait_until(lambda: copies(maildir, b"to pm") and copies(maildir, b"to root"), 60, "delivery")
+    finally:
+        scan.stop(services)
+
+
+def test_install_postmaster_option_forwards_the_roles_and_keeps_edited_files(installed):
+    base, _, _ = installed
+    home = base / "qmail2"
+    argv = [sys.executable, "-c", CODE, "install", "--home", str(home), "--me", "two.test",
+            "--service-dir", str(base / "supervise2"), "--postmaster", "admin@example.org"]
+    r = subprocess.run(argv, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert b"qpy: mail to postmaster, mailer-daemon, root goes to admin@example.org" in r.stdout
+    for role in ("postmaster", "mailer-daemon", "root"):
+        assert (home / "alias" / f".qmail-{role}").read_bytes() == b"&admin@example.org\n"
+    (home / "alias" / ".qmail-root").write_bytes(b"&other@example.org\n")
+    r = subprocess.run(argv[:-1] + ["new@example.org"], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (home / "alias" / ".qmail-root").read_bytes() == b"&other@example.org\n"
+    assert (home / "alias" / ".qmail-postmaster").read_bytes() == b"&admin@example.org\n"
