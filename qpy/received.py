@@ -42,8 +42,10 @@ def safe(value: bytes) -> bytes:
 
 def smtp_line(remotehost: bytes, helo: bytes | None, remoteinfo: bytes | None,
               remoteip: bytes, localhost: bytes, protocol: bytes = b"SMTP",
-              when: float | None = None) -> bytes:
-    """The Received line a network server writes (docs/smtpd.md, DATA)."""
+              when: float | None = None, tls: bytes = b"") -> bytes:
+    """The Received line a network server writes (docs/smtpd.md, DATA); ``tls`` (our
+    TLS library's ``<version> <cipher>``, not the client's words) follows the protocol
+    in parentheses."""
     out = b"Received: from " + safe(remotehost)
     if helo is not None and helo.lower() != remotehost.lower():
         out += b" (HELO " + safe(helo) + b")"
@@ -51,6 +53,8 @@ def smtp_line(remotehost: bytes, helo: bytes | None, remoteinfo: bytes | None,
     if remoteinfo is not None:
         out += safe(remoteinfo) + b"@"
     out += safe(remoteip) + b")\n  by " + safe(localhost) + b" with " + protocol
+    if tls:
+        out += b" (" + tls + b")"
     return out + b"; " + date822(when) + b"\n"
 
 

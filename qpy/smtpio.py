@@ -46,6 +46,7 @@ READ_SIZE = 65536
 BLOCK = 65536                # DATA: longest part of a line handled at once
 LINE_MAX = 4096              # longest command line: RFC 5321's 512 octets, raised for the
                              # extensions (RFC 4954's AUTH initial response, MAIL parameters)
+CLOSE_WAIT = 5.0             # after QUIT: how long the client's close_notify is waited for
 
 
 class Dropped(TempFail):
@@ -251,6 +252,26 @@ class Connection:
             self.sock = context.wrap_socket(raw, server_side=True)
         except (OSError, ValueError) as e:
             raise Dropped(f"TLS handshake failed: {e}") from e
+
+    def tls_description(self) -> bytes:
+        """``TLSv1.3 TLS_AES_256_GCM_SHA384`` under TLS, else b""."""
+        if self.sock is None:
+            return b""
+        cipher = self.sock.cipher()
+        return f"{self.sock.version()} {cipher[0] if cipher else ''}".encode()
+
+    def end_tls(self) -> None:
+        """Flush, then shut TLS down (RFC 8446 §6.1): our close_notify, and the client's
+        waited for at most CLOSE_WAIT seconds, so a client that never answers costs no
+        more.  Nothing without TLS; failures are ignored (the session is over)."""
+        if self.sock is None:
+            return
+        self.flush()
+        try:
+            self.sock.settimeout(min(self.timeout, CLOSE_WAIT))
+            self.sock.unwrap()
+        except (OSError, ValueError):
+            pass
 
 
 class DataResult:

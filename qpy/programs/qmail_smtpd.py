@@ -39,9 +39,10 @@ DIALOGUE  docs/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
             not allowed (#5.6.0)`` after the end of the data; nothing is queued
             (why: qpy/smtpio.py).  Bare LF is qmail's 451-and-drop.
           - STARTTLS resets the session (EHLO again); plaintext pipelined after it
-            is thrown away.  The Received line says ``with ESMTPS`` under TLS,
-            ``ESMTPA``/``ESMTPSA`` after AUTH, ``UTF8SMTP…`` for SMTPUTF8 mail,
-            else qmail's ``with SMTP``.
+            is thrown away.  The Received line says ``with ESMTPS (<TLS version>
+            <cipher>)`` under TLS, ``ESMTPA``/``ESMTPSA`` after AUTH, ``UTF8SMTP…`` for
+            SMTPUTF8 mail, else qmail's ``with SMTP``.  QUIT under TLS ends with the TLS
+            close (close_notify), the client's awaited at most 5 seconds.
           - control/rcptcheck containing 1: RCPT of an unknown local recipient →
             ``550 sorry, no mailbox here by that name (#5.1.1)`` (qpy.rcptcheck).
           - AUTH PLAIN / AUTH LOGIN: the checkpassword program (env CHECKPASSWORD,
@@ -272,6 +273,7 @@ class Session:
 
     def smtp_quit(self, arg: bytes) -> None:
         self.reply(b"221 " + self.cfg.greeting)
+        self.conn.end_tls()     # close_notify, briefly awaited (Exim logs a ragged close)
         raise Exit(0)
 
     def smtp_unimpl(self, arg: bytes) -> None:
@@ -336,7 +338,8 @@ class Session:
         try:
             self.reply(b"354 go ahead")
             job.put(received.smtp_line(self.cfg.remotehost, self.helo, self.cfg.remoteinfo,
-                                       self.cfg.remoteip, self.cfg.localhost, self.protocol()))
+                                       self.cfg.remoteip, self.cfg.localhost, self.protocol(),
+                                       tls=self.conn.tls_description()))
             try:
                 seen = smtpio.read_data(self.conn, job.put, self.cfg.databytes,
                                         rate=self.cfg.limits.datarate)

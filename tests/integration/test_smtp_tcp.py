@@ -13,11 +13,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import control, need_program
+from qpy import smtpio
 from tcpserve import TCPServer, connect, debian, ipv6_loopback, read_all, talk
 from smtpdkit import CHECKPASSWORD, CLEARED, leftovers, queued
 
@@ -120,7 +122,7 @@ def test_starttls_then_auth_then_relay(home, tmp_path, certificate):
             c.login("alice", "secret")
             assert c.sendmail("alice@x.example", ["far@elsewhere.example"], MESSAGE) == {}
     assert "Traceback" not in srv.log
-    assert b"\n  by mx.test.example with ESMTPSA; " in only_message(home)
+    assert b"\n  by mx.test.example with ESMTPSA (TLSv1." in only_message(home)
     assert envelopes(home) == [b"Falice@x.example\0Tfar@elsewhere.example\0"]
 
 
@@ -182,7 +184,7 @@ def test_swaks_through_debian_tcpserver_with_and_without_tls(home, certificate):
             assert r.returncode == 0, r.stdout.decode(errors="replace")
     messages = sorted(mess for mess, _ in queued(home).values())
     assert len(messages) == 2
-    assert [b"with ESMTPS;" in m for m in messages].count(True) == 1
+    assert [b"with ESMTPS (TLSv1." in m for m in messages].count(True) == 1
     assert all(b"(HELO swaks.example) (127.0.0.1)" in m and b"\nhello from swaks\n" in m
                for m in messages)
     assert "Traceback" not in srv.log
@@ -248,3 +250,55 @@ def test_client_vanishing_mid_data_leaves_nothing(home):
         srv.wait_log("tcpserver: end ")
     assert "Traceback" not in srv.log
     assert queued(home) == {} and leftovers(home) == []
+
+
+@pytest.mark.parametrize("which", ["qpy", "debian"])
+def test_quit_under_tls_ends_with_close_notify(home, certificate, which):
+    """After QUIT the server shuts TLS down (Exim logs every ragged close as an error)."""
+    control(home, "servercert.pem", certificate)
+    with server(home, debian("tcpserver") if which == "debian" else None) as srv:
+        sock = socket.create_connection((srv.host, srv.port), timeout=30)
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(b"EHLO client.example\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        sock.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"220 ")
+        tls = client_context().wrap_socket(sock, server_hostname="mx.test.example")
+        tls.sendall(b"QUIT\r\n")
+        assert tls.recv(512).startswith(b"221 ")
+        assert tls.recv(512) == b""     # a close_notify, not EOF in violation of protocol
+        tls.unwrap().close()
+    assert "Traceback" not in srv.log
+
+
+def test_quit_under_tls_does_not_wait_long_for_a_silent_client(home, certificate):
+    """A client that never answers the close_notify holds the server a few seconds at most."""
+    control(home, "servercert.pem", certificate)
+    with TCPServer(home, [*OPTS, "-v"], [str(home / "bin" / "qmail-smtpd")]) as srv:
+        sock = socket.create_connection((srv.host, srv.port), timeout=30)
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(b"EHLO client.example\r\nSTARTTLS\r\n")
+        while not f.readline().startswith(b"220 "):
+            pass
+        tls = client_context().wrap_socket(sock, server_side=False)
+        tls.sendall(b"QUIT\r\n")
+        assert tls.recv(512).startswith(b"221 ")
+        start = time.monotonic()
+        srv.wait_log("tcpserver: end ")           # while we hold the connection, silent
+        assert time.monotonic() - start < smtpio.CLOSE_WAIT + 3
+        tls.close()
+    assert "Traceback" not in srv.log
+
+
+def test_received_line_records_the_tls_version_and_cipher(home, certificate):
+    control(home, "servercert.pem", certificate)
+    with server(home) as srv:
+        with smtplib.SMTP(srv.host, srv.port, local_hostname="client.example", timeout=30) as c:
+            c.starttls(context=client_context())
+            version, cipher = c.sock.version(), c.sock.cipher()[0]
+            assert c.sendmail("a@x.example", ["b@test.example"], MESSAGE) == {}
+    received = only_message(home).split(b"\n  by ", 1)[1].split(b";")[0]
+    assert received == b"mx.test.example with ESMTPS (%s %s)" % (version.encode(), cipher.encode())
