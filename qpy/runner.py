@@ -202,6 +202,10 @@ def decide(home: str) -> Mode:
     except OSError as e:
         raise TempFail(f"unable to stat {home}/queue: {e.strerror}") from e
     if euid != 0:
+        qmailq = prot.lookup_user(auto.QMAILQ)
+        if st.st_uid != euid and qmailq is not None and st.st_uid == qmailq.uid:
+            raise PermFail(f"{home} is a privileged instance: run qpy run as root, or run its"
+                           " services (qpy install)")
         if st.st_uid != euid:
             raise PermFail(f"{home}/queue belongs to {_name(st.st_uid)}: run qpy run as that"
                            " user, or as root for a privileged instance")

@@ -501,3 +501,14 @@ def test_a_privileged_instance_its_accounts_cannot_reach_is_refused_at_start(qma
     assert r.stderr == (f"qpy: fatal: qmaild, qmailq, qmails, qmailr, alias cannot read "
                         f"{home}/control/me: a directory on the way is closed to them (a 0700"
                         f" home?); move the instance or open the path (chmod o+x)\n").encode()
+
+
+def test_an_ordinary_user_is_told_a_privileged_instance_needs_root(priv_instance):
+    from localusers import become
+    env = {k: v for k, v in os.environ.items() if k != "QMAILHOME"}
+    r = subprocess.run([sys.executable, "-c", CODE, "run", "--home", str(priv_instance),
+                        "--port", "0"], capture_output=True, timeout=30, env=env, cwd="/",
+                       preexec_fn=become("nobody"))
+    assert (r.returncode, r.stderr) == (100, f"qpy: fatal: {priv_instance} is a privileged instance:"
+                                             f" run qpy run as root, or run its services (qpy"
+                                             f" install)\n".encode())
