@@ -107,6 +107,26 @@ def mem_kb(root: int, field: str = "Pss:") -> int:
 
 
 # -- servers ---------------------------------------------------------------------------
+def as_nobody(home: Path, env: dict) -> dict:
+    """As root: ``qpy run`` refuses a single-user instance owned by root, so the instance
+    belongs to ``nobody`` (its ancestors made searchable); Popen keywords to run as it."""
+    import pwd
+    pw = pwd.getpwnam("nobody")
+    home.mkdir(parents=True, exist_ok=True)
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    for parent in home.parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+    env.update(HOME="/", USER="nobody", LOGNAME="nobody")
+
+    def become() -> None:
+        os.setgroups([])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    return {"preexec_fn": become, "cwd": "/"}
+
+
 class Qpy:
     name = "qpy"
     rcpt = "bench@localhost"
@@ -120,9 +140,10 @@ class Qpy:
         code = "import sys; from qpy.programs.qpy import main; sys.exit(main(sys.argv[1:]))"
         env = dict(os.environ)
         env.pop("QMAILHOME", None)
+        kw = as_nobody(self.home, env) if os.geteuid() == 0 else {}
         self.proc = subprocess.Popen([sys.executable, "-c", code, "run", "--home", str(self.home),
                                       "--port", "0", "--user", "bench"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True, **kw)
         buf = b""
         while b"qpy: SMTP on" not in buf:
             chunk = self.proc.stdout.readline()
