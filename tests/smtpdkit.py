@@ -1,6 +1,6 @@
 """Helpers shared by the qmail-smtpd tests: the queue read back, a checkpassword program.
 
-    from smtpdkit import CHECKPASSWORD, CLEARED, leftovers, queued
+    from smtpdkit import CHECKPASSWORD, CLEARED, leftovers, qmail_behaviour, queued
 """
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import os
 from pathlib import Path
 
 from qpy.auto import SPLIT
+
+# qmail's own behaviour, which a new instance no longer has (no size limit, no recipient
+# check): tests of qmail's dialogue write these control files first (qmail_behaviour).
+QMAIL_BEHAVIOUR = {"databytes": b"0\n", "rcptcheck": b"0\n"}
 
 # Variables a session must not inherit from the developer's environment.
 CLEARED = ("RELAYCLIENT", "DATABYTES", "TCPREMOTEINFO", "QMAILQUEUE", "CHECKPASSWORD", "QPY_EXEC")
@@ -52,3 +56,10 @@ def leftovers(home: Path) -> list[str]:
     for split in range(SPLIT):
         found += [f"mess/{split}/{n}" for n in os.listdir(q / "mess" / str(split)) if n not in todo]
     return found
+
+
+def qmail_behaviour(home: Path) -> Path:
+    """Give an instance qmail's databytes 0 and rcptcheck 0 (QMAIL_BEHAVIOUR); return it."""
+    for name, data in QMAIL_BEHAVIOUR.items():
+        (home / "control" / name).write_bytes(data)
+    return home

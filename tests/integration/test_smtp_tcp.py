@@ -21,7 +21,7 @@ import pytest
 from conftest import control, need_program
 from qpy import smtpio
 from tcpserve import TCPServer, connect, debian, ipv6_loopback, read_all, talk
-from smtpdkit import CHECKPASSWORD, CLEARED, leftovers, queued
+from smtpdkit import CHECKPASSWORD, CLEARED, leftovers, qmail_behaviour, queued
 
 OPTS = ["-R", "-H", "-l", "mx.test.example"]
 MESSAGE = b"Subject: over tcp\r\nX-8bit: \xc3\xa9\r\n\r\n.leading dot\r\nbody\r\n"
@@ -29,9 +29,11 @@ STORED = b"Subject: over tcp\nX-8bit: \xc3\xa9\n\n.leading dot\nbody\n"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
+def clean_env(monkeypatch, request):
     for name in CLEARED:
         monkeypatch.delenv(name, raising=False)
+    if "home" in request.fixturenames:      # qmail's dialogue, not a new instance's limits
+        qmail_behaviour(request.getfixturevalue("home"))
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +226,7 @@ def test_qpy_tcpserver_warm_and_debian_tcpserver_exec_give_the_same_results(tmp_
     from conftest import make_instance
     results = []
     for name, binary in (("qpy", None), ("debian", debian("tcpserver"))):
-        home = make_instance(tmp_path / name)
+        home = qmail_behaviour(make_instance(tmp_path / name))
         monkeypatch.setenv("QMAILHOME", str(home))
         with server(home, binary) as srv:
             out = talk(srv.host, srv.port, PARITY_SESSION)
