@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """bench/fuzz.py - coverage-guided fuzzing of qpy's parsers (atheris), for a fixed time.
 
-    pip install atheris            # (not a dependency of qpy; the test suite skips without it)
+    pip install atheris            # (in the test extras; tests/integration/test_faults.py skips without it)
     python3 bench/fuzz.py [--seconds 60] [--target smtp,data,...] [--corpus DIR] [--keep DIR]
     python3 bench/fuzz.py --replay TARGET FILE...      # run inputs through a harness once
+    python3 bench/fuzz.py --replay-all                 # every seed and recorded finding once
     python3 bench/fuzz.py --list
 
 Targets (each a plain function of bytes in TARGETS that raises only on a bug):
@@ -645,6 +646,25 @@ def replay(target: str, files: list[str]) -> int:
     return bad
 
 
+def replay_all() -> int:
+    """Every target's seeds and recorded findings, once each, without atheris."""
+    bad = 0
+    for target, fn in TARGETS.items():
+        inputs = [(f"seed {k}", data) for k, data in enumerate(seeds(target))]
+        inputs += [(path, Path(path).read_bytes())
+                   for path in sorted(glob.glob(str(REGRESSIONS / target / "*")))]
+        for name, data in inputs:
+            try:
+                fn(data)
+            except Exception as e:           # a finding: show it
+                import traceback
+                traceback.print_exc()
+                print(f"{target} {name}: {type(e).__name__}: {e}")
+                bad = 1
+        print(f"{target}: {len(inputs)} inputs replayed")
+    return bad
+
+
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--run":
         run_target(sys.argv[2], sys.argv[4:] if sys.argv[3:4] == ["--"] else sys.argv[3:])
@@ -657,6 +677,8 @@ def main() -> int:
     ap.add_argument("--max-len", type=int, default=4096)
     ap.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once")
     ap.add_argument("--replay", nargs="+", metavar=("TARGET", "FILE"))
+    ap.add_argument("--replay-all", action="store_true",
+                    help="run every target's seeds and tests/data/fuzz/<target>/* once")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
@@ -664,6 +686,8 @@ def main() -> int:
         return 0
     if args.replay:
         return replay(args.replay[0], args.replay[1:])
+    if args.replay_all:
+        return replay_all()
     try:
         import atheris  # noqa: F401
     except ImportError:
