@@ -7,20 +7,26 @@ RUNS AS   qmaild/nofiles, started per connection by tcpserver (Debian's ucspi-tc
           instance it becomes qmaild/nofiles itself before it reads from the network.
 READS     control/smtpgreeting (else me; neither → 421), localiphost (else me),
           timeoutsmtpd, rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
-          servercert.pem, rcptcheck, checkpassword.  Environment: TCPREMOTEIP,
-          TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP, RELAYCLIENT,
-          DATABYTES, QMAILQUEUE, CHECKPASSWORD.
+          servercert.pem, rcptcheck, checkpassword, and the limits of qpy.smtplimits
+          (maxrcpt, maxerrors, maxjunk, timeoutsmtpdsession, mindatarate,
+          maxauthfail, authfaildelay).  Environment: TCPREMOTEIP, TCPREMOTEHOST,
+          TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP, RELAYCLIENT, DATABYTES, MAXRCPT,
+          QPYSTRESS, QMAILQUEUE, CHECKPASSWORD.
 WRITES    replies on fd 1; each accepted message through qmail-queue (a warm child,
           or $QMAILQUEUE: warm if one of ours, else exec'd).  fd 2: one line when
-          controls are unreadable, TLS fails, or on an internal error (never a traceback).
+          controls are unreadable, TLS fails, or on an internal error (never a traceback);
+          ``auth ok|failed|deferred <ip> user <user> mechanism <name>`` for each AUTH
+          attempt (escaped; never the password); ``closed <ip>: <text>`` when a limit
+          ends the session with 421.
 TRUSTS    nothing the client sends.  Addresses with control bytes are refused, HELO
-          and tcpserver's names are escaped in the Received line, command lines are
-          capped at 1 MB, and a 250 after DATA means qmail-queue exited 0.
+          and tcpserver's names are escaped in the Received line (the HELO cut at 255
+          bytes), command lines are capped at 4096 bytes, what one client may cost is
+          limited (qpy.smtplimits), and a 250 after DATA means qmail-queue exited 0.
 DIALOGUE  docs/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
           - EHLO advertises PIPELINING, 8BITMIME, SIZE <databytes> (if set),
             ENHANCEDSTATUSCODES, SMTPUTF8, STARTTLS (fd 0 a socket and
             control/servercert.pem present: certificate chain and key in one PEM,
-            readable by qmaild) and AUTH LOGIN PLAIN (a checkpassword program is
+            which qpy init makes qmaild's, mode 0400) and AUTH LOGIN PLAIN (a checkpassword program is
             configured, and the session is under TLS or from a loopback address).
           - Enhanced status codes: after EHLO every 2xx/4xx/5xx reply carries one
             (``250 2.1.5 ok``, ``553 5.7.1 sorry, …``), taken from the ``(#x.y.z)``
@@ -33,8 +39,14 @@ DIALOGUE  docs/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
             like IPv4 ones.
           - An address holding a byte below 32 or DEL → 555 (qmail would cut it at
             a NUL; a CR could end a Return-Path line in a later hop).
-          - A command line over 1 MB → ``500 sorry, line too long (#5.5.2)``; the
-            rest of that line is read and thrown away.
+          - A command line over 4096 bytes (RFC 5321's 512, raised for its extensions)
+            → ``500 sorry, line too long (#5.5.2)``; the rest of it is thrown away.
+          - Limits (qpy.smtplimits; each a control file, 0 = none): a RCPT past
+            maxrcpt → ``452 4.5.3``; the maxerrors-th 4xx/5xx reply (junk commands
+            past maxjunk count) → ``421 4.7.0 too many errors``; past
+            timeoutsmtpdsession, or slower than mindatarate in DATA → ``421 4.4.2``;
+            the n-th failed AUTH waits n × authfaildelay, the maxauthfail-th → 421
+            4.7.0.  QPYSTRESS=1 (tcpserver's slots nearly full): short timeouts.
           - A bare CR in the message data → ``554 sorry, bare CR in message data is
             not allowed (#5.6.0)`` after the end of the data; nothing is queued
             (why: qpy/smtpio.py).  Bare LF is qmail's 451-and-drop.
@@ -50,7 +62,8 @@ DIALOGUE  docs/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
             ``/usr/bin/checkpassword /bin/true``) reads ``user\\0password\\0\\0`` on
             fd 3; exit 0 = authenticated, which then acts like RELAYCLIENT="";
             111 → 454.  It runs as qmaild, so it must not need root.
-EXIT      0 after QUIT; 1 on EOF, timeout, bare LF, control trouble or any fatal error.
+EXIT      0 after QUIT; 1 on EOF, timeout, a limit's 421, bare LF, control trouble or any
+          fatal error.
 """
 from __future__ import annotations
 
