@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -280,10 +281,66 @@ def test_output_waits_for_a_read_that_has_to_wait():
 def test_silent_client_times_out():
     in_r, in_w = os.pipe()
     conn = Connection(in_r, 1, timeout=0.2)
-    with pytest.raises(Timeout):
+    with pytest.raises(Timeout) as e:
         conn.line()
+    assert e.value.kind == "read"
     os.close(in_r)
     os.close(in_w)
+
+
+def trickle(fd: int, stop: threading.Event, interval: float = 0.05) -> None:
+    """Write one byte every ``interval`` seconds until ``stop``."""
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                os.write(fd, b"x")
+            except OSError:
+                return
+            time.sleep(interval)
+    threading.Thread(target=run, daemon=True).start()
+
+
+def test_the_session_deadline_stops_a_trickle_the_read_timeout_never_would():
+    in_r, in_w = os.pipe()
+    conn = Connection(in_r, 1, timeout=5)
+    conn.deadline = time.monotonic() + 0.5
+    stop = threading.Event()
+    trickle(in_w, stop)
+    started = time.monotonic()
+    with pytest.raises(Timeout) as e:
+        conn.line()
+    stop.set()
+    assert e.value.kind == "session" and time.monotonic() - started >= 0.4
+    assert conn.received > 0
+    os.close(in_r)
+    os.close(in_w)
+
+
+def test_min_rate_stops_a_slow_data_phase_and_lets_a_fast_one_finish():
+    in_r, in_w = os.pipe()
+    conn = Connection(in_r, 1, timeout=0.5)
+    stop = threading.Event()
+    trickle(in_w, stop)                     # about 20 bytes a second
+    with pytest.raises(Timeout) as e:
+        smtpio.read_data(conn, lambda b: None, rate=1000)
+    stop.set()
+    assert e.value.kind == "rate" and conn._rate is None      # reset on the way out
+    os.close(in_r)
+    os.close(in_w)
+    r, w = feed(b"x" * 100000 + b"\r\n.\r\n")
+    conn = Connection(r, 1, timeout=5)
+    assert smtpio.read_data(conn, lambda b: None, rate=1000).size == 100001
+    os.close(r)
+
+
+def test_command_lines_are_capped_at_4096_bytes():
+    r, w = feed(b"x" * 4095 + b"\r\n" + b"y" * 4096 + b"\r\n" + b"z\n")
+    conn = Connection(r, 1, timeout=5)
+    assert conn.line() == b"x" * 4095 + b"\r"
+    with pytest.raises(LineTooLong):
+        conn.line()
+    assert conn.line() == b"z"
+    os.close(r)
 
 
 def test_write_to_a_vanished_client_is_dropped():
