@@ -245,8 +245,8 @@ def test_client_vanishing_mid_data_leaves_nothing(home):
             s.sendall(b"HELO x\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<a@test.example>\r\nDATA\r\n"
                       b"Subject: cut\r\n\r\n" + b"half a message\r\n" * 1000)
             f = s.makefile("rb")
-            while f.readline() != b"354 go ahead\r\n":
-                pass
+            while (line := f.readline()) != b"354 go ahead\r\n":
+                assert line, "the server closed before DATA's 354"     # never loop on EOF
             f.close()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST
         srv.wait_log("tcpserver: end ")
