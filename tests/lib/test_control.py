@@ -12,6 +12,7 @@ from qpy.errors import ControlError
 
 def test_missing_means_the_declared_default(home):
     os.unlink(home / "control" / "concurrencylocal")
+    os.unlink(home / "control" / "rcptcheck")       # a new instance writes 1 (controlfiles.initial)
     assert ctl.read_int("concurrencylocal") == 10
     assert ctl.read_int("rcptcheck") == 0
     assert ctl.read_line("bouncefrom") == b"MAILER-DAEMON"

@@ -1,6 +1,8 @@
 """qpy.rcptcheck: RCPT-time validation against users/cdb, passwd and the alias account's files."""
 from __future__ import annotations
 
+import os
+
 import subprocess
 from pathlib import Path
 
@@ -57,7 +59,9 @@ def test_check(site, address, ok):
 
 
 def test_enabled(home):
-    assert not rcptcheck.enabled()
+    assert rcptcheck.enabled()                      # new instances check recipients
+    os.unlink(home / "control" / "rcptcheck")
+    assert not rcptcheck.enabled()                  # qmail's behaviour without the file
     control(home, "rcptcheck", "1\n")
     assert rcptcheck.RecipientCheck.enabled()
     control(home, "rcptcheck", "0\n")
