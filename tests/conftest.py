@@ -44,6 +44,18 @@ def make_instance(path: Path, me: bytes = b"test.example", priv: bool = False) -
     return path
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> bytes:
+    """A self-signed certificate and its key in one PEM (control/servercert.pem's format)."""
+    openssl = need_program("openssl")
+    d = tmp_path_factory.mktemp("cert")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(d / "key.pem"),
+                    "-out", str(d / "cert.pem"), "-days", "2", "-subj", "/CN=mx.test.example"],
+                   check=True, capture_output=True, timeout=60)
+    return (d / "cert.pem").read_bytes() + (d / "key.pem").read_bytes()
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh single-user instance; QMAILHOME points at it."""

@@ -36,18 +36,6 @@ def clean_env(monkeypatch, request):
         qmail_behaviour(request.getfixturevalue("home"))
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> bytes:
-    """A self-signed certificate and its key in one PEM (control/servercert.pem's format)."""
-    openssl = need_program("openssl")
-    d = tmp_path_factory.mktemp("cert")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(d / "key.pem"),
-                    "-out", str(d / "cert.pem"), "-days", "2", "-subj", "/CN=mx.test.example"],
-                   check=True, capture_output=True, timeout=60)
-    return (d / "cert.pem").read_bytes() + (d / "key.pem").read_bytes()
-
-
 def server(home: Path, binary: str | None = None, env: dict | None = None,
            host: str = "127.0.0.1") -> TCPServer:
     """tcpserver running bin/qmail-smtpd: Debian's (``binary``) or ours (default)."""

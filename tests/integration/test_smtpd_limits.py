@@ -12,13 +12,12 @@ import pwd
 import smtplib
 import ssl
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import control, need_program, run
+from conftest import control, run
 from smtpdkit import CLEARED
 from tcpserve import TCPServer, connect, debian
 
@@ -29,18 +28,6 @@ OPTS = ["-R", "-H", "-l", "mx.test.example"]
 def clean_env(monkeypatch):
     for name in CLEARED:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> bytes:
-    """A self-signed certificate and its key in one PEM (control/servercert.pem's format)."""
-    openssl = need_program("openssl")
-    d = tmp_path_factory.mktemp("cert")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(d / "key.pem"),
-                    "-out", str(d / "cert.pem"), "-days", "2", "-subj", "/CN=mx.test.example"],
-                   check=True, capture_output=True, timeout=60)
-    return (d / "cert.pem").read_bytes() + (d / "key.pem").read_bytes()
 
 
 def test_connection_accepted_under_stress_gets_short_timeouts(home):
