@@ -139,10 +139,6 @@ class SelfPipe:
         except OSError:
             pass
 
-    def suspend(self) -> int:
-        """Stop routing wakeups here (before a fork whose child reuses fds); returns the old fd."""
-        return signal.set_wakeup_fd(-1)
-
     def close(self) -> None:
         """Uninstall (the previous wakeup fd comes back) and close both ends."""
         if self.installed:

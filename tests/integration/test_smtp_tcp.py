@@ -242,20 +242,26 @@ def test_client_vanishing_mid_data_leaves_nothing(home):
     assert queued(home) == {} and leftovers(home) == []
 
 
+def tls_session(srv: TCPServer) -> ssl.SSLSocket:
+    """Connect, EHLO, STARTTLS; the client's TLS socket."""
+    sock = socket.create_connection((srv.host, srv.port), timeout=30)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220 ")
+    sock.sendall(b"EHLO client.example\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    sock.sendall(b"STARTTLS\r\n")
+    assert f.readline().startswith(b"220 ")
+    f.close()
+    return client_context().wrap_socket(sock, server_hostname="mx.test.example")
+
+
 @pytest.mark.parametrize("which", ["qpy", "debian"])
 def test_quit_under_tls_ends_with_close_notify(home, certificate, which):
     """After QUIT the server shuts TLS down (Exim logs every ragged close as an error)."""
     control(home, "servercert.pem", certificate)
     with server(home, debian("tcpserver") if which == "debian" else None) as srv:
-        sock = socket.create_connection((srv.host, srv.port), timeout=30)
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        sock.sendall(b"EHLO client.example\r\n")
-        while not f.readline().startswith(b"250 "):
-            pass
-        sock.sendall(b"STARTTLS\r\n")
-        assert f.readline().startswith(b"220 ")
-        tls = client_context().wrap_socket(sock, server_hostname="mx.test.example")
+        tls = tls_session(srv)
         tls.sendall(b"QUIT\r\n")
         assert tls.recv(512).startswith(b"221 ")
         assert tls.recv(512) == b""     # a close_notify, not EOF in violation of protocol
@@ -267,13 +273,7 @@ def test_quit_under_tls_does_not_wait_long_for_a_silent_client(home, certificate
     """A client that never answers the close_notify holds the server a few seconds at most."""
     control(home, "servercert.pem", certificate)
     with TCPServer(home, [*OPTS, "-v"], [str(home / "bin" / "qmail-smtpd")]) as srv:
-        sock = socket.create_connection((srv.host, srv.port), timeout=30)
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        sock.sendall(b"EHLO client.example\r\nSTARTTLS\r\n")
-        while not f.readline().startswith(b"220 "):
-            pass
-        tls = client_context().wrap_socket(sock, server_side=False)
+        tls = tls_session(srv)
         tls.sendall(b"QUIT\r\n")
         assert tls.recv(512).startswith(b"221 ")
         start = time.monotonic()
