@@ -25,6 +25,8 @@ KINDS = {
     "map": "a list of `key:value` lines; keys compared case-insensitively, the last duplicate wins",
     "cdb": "a constant database, built by the program named in its meaning",
     "pem": "read only by the TLS library; its presence is what counts",
+    "secret": "a list that is never printed: qmail-showctl says only whether it is there",
+    "dir": "a directory of files, laid out as its meaning says",
 }
 
 
@@ -56,6 +58,7 @@ INJECT = ("qmail-inject",)
 QUALIFY = ("qmail-inject", "newaliases", "fastforward", "dot-forward", "sendmail")  # sendmail -bt
 REWRITE = ("qmail-send", "qmail-smtpd", "sendmail")   # qpy.rewrite; qmail-smtpd with rcptcheck
 SERVERS = ("qmail-smtpd", "qmail-qmtpd")
+QUEUE = ("qmail-queue",)                              # the queue writer, in any process
 
 # qmail-showctl's order: qmail's files (rcpthosts before morercpthosts), then qpy's own,
 # then the conventional files that no program reads.
@@ -198,6 +201,35 @@ FILES: tuple[ControlFile, ...] = (
     ControlFile("servercert.pem", "pem", None, SMTPD,
                 "certificate chain and key for STARTTLS; no file, no STARTTLS",
                 show="STARTTLS certificate present.", absent="No STARTTLS."),
+    # sending on behalf of our users (qpy.dkimkeys, qpy.srs, qpy.bounce): the names of the
+    # s/qmail DKIM patch (dkimdomains, domainkeys/) and of the qmail SRS patch (srs_*)
+    ControlFile("dkimdomains", "list", None, QUEUE,
+                "`domain:selector[,selector2]`: the selectors whose keys in"
+                " control/domainkeys/<domain>/ sign mail whose From: is in that domain"
+                " (qpy dkim keygen writes it); no line, no signature",
+                show="DKIM signing: {}.", absent="No DKIM signing."),
+    ControlFile("domainkeys", "dir", None, QUEUE,
+                "`domainkeys/<domain>/<selector>`: a DKIM private key (PEM, RSA or Ed25519),"
+                " readable only by the queue's owner; `<selector>.pub` its TXT record",
+                show="DKIM keys present.", absent="No DKIM keys."),
+    ControlFile("authservid", "line", None, ("qmail-smtpd", "qmail-queue"),
+                "the authserv-id of our Authentication-Results and ARC seals",
+                me=True, show="Authentication-Results authserv-id is {}."),
+    ControlFile("srs_domain", "line", None, QUEUE + SMTPD,
+                "the domain of SRS addresses (SRS0=…@it) given to forwarded mail's senders;"
+                " no file, no SRS",
+                show="Forwarded senders are rewritten to SRS addresses at {}.",
+                absent="No SRS: forwards keep their sender."),
+    ControlFile("srs_secrets", "secret", None, QUEUE + SMTPD,
+                "SRS secrets, one a line: the first signs, every one is accepted (rotation)",
+                show="SRS secrets present.", absent="No SRS secret: SRS is off."),
+    ControlFile("srs_maxage", "int", 21, QUEUE + SMTPD,
+                "days an SRS address stays valid for bounces",
+                show="SRS addresses are valid for {} days."),
+    ControlFile("bounceformat", "line", b"dsn", SEND,
+                "`dsn`: bounces are RFC 3464 multipart/report with qmail's text first;"
+                " `qsbmf`: qmail's plain text bounce only",
+                show="Bounce format is {}."),
     ControlFile("tcp.smtp.cdb", "cdb", None, ("tcpserver",),
                 "the SMTP service's tcprules, built by tcprules; `tcpserver -x` in qpy install's"
                 " run script"),

@@ -8,7 +8,7 @@ PRINTS    qmail-showctl's text: home, user-ext delimiter, paternalism, silent co
           ``I have no idea what this file does.`` for files qpy.controlfiles does not
           declare.  The paragraphs, their order, sentences and defaults come from
           qpy.controlfiles: qmail's list, then qpy's own (nameservers, rcptcheck,
-          checkpassword, servercert.pem: presence only).
+          checkpassword, servercert.pem and srs_secrets: presence only).
           ``--readers`` adds a ``read by …`` line after each paragraph.
 EXIT      0; 111 if QMAILHOME or control/ cannot be reached (an ``Oops!`` line on stdout).
 """
@@ -143,7 +143,8 @@ class Show:
 # how a control is shown: by its name if listed here, else by its kind
 SPECIAL = {"morercpthosts": Show.do_morercpthosts, "morercpthosts.cdb": Show.do_morercpthosts_cdb}
 BY_KIND = {"int": Show.do_int, "line": Show.do_str, "list": Show.do_lst, "map": Show.do_lst,
-           "cdb": Show.do_present, "pem": Show.do_present}
+           "cdb": Show.do_present, "pem": Show.do_present, "secret": Show.do_present,
+           "dir": Show.do_present}
 
 
 def ids() -> tuple[list[int], list[int]]:

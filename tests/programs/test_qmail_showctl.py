@@ -81,6 +81,9 @@ EVERY = {
     "defaultdelivery": b"./Maildir/\n", "me": b"", "maxrcpt": b"100\n",
     "timeoutsmtpdsession": b"600\n", "mindatarate": b"0\n", "maxerrors": b"5\n",
     "maxjunk": b"50\n", "maxauthfail": b"4\n", "authfaildelay": b"1\n",
+    "dkimdomains": b"a.example:s1,s2\n", "authservid": b"mx.example\n",
+    "srs_domain": b"srs.example\n", "srs_secrets": b"do not print me\n", "srs_maxage": b"7\n",
+    "bounceformat": b"qsbmf\n",
 }
 
 
