@@ -5,6 +5,8 @@ SYNOPSIS  qpy init   [--home DIR] [--me HOSTNAME]
                      [--log-size BYTES] [--log-files N]
           qpy user add NAME [--home DIR];  qpy user list [--home DIR]
           qpy status [--home DIR]
+          qpy dkim keygen DOMAIN [--selector S] [--type rsa|ed25519] [--bits N] [--home DIR]
+          qpy dkim show DOMAIN [--selector S];  qpy dkim use DOMAIN SELECTOR…
           qpy install [--home /var/qmail] [--me HOST] [--service-dir DIR] [--link SCANDIR] …
 RUNS AS   the admin or an ordinary user.  As root with the qmail accounts present,
           ``init`` gives the instance qmail's owners and modes (privileged mode);
@@ -19,6 +21,11 @@ WRITES    init: the instance tree of qpy.hier (existing control files are kept).
           cleanly.  As root it runs a privileged instance with each part as its
           account, an ordinary user's instance as that user, and refuses to create or
           run a single-user instance as root (qpy.runner.decide); one line says which.
+          dkim keygen: a new private key in control/domainkeys/DOMAIN/S (qpy.dkimkeys:
+          readable only by the queue's owner, who signs) and S.pub; the first key of
+          its type for DOMAIN also goes into control/dkimdomains (a second type: two
+          signatures); prints the TXT record to publish.  show: that record again.
+          use: the selectors that sign for DOMAIN from now on (key rotation).
           install (root): the qmail accounts, a privileged instance, and service
           directories (run + log/run with multilog's TAI64N stamps) for daemontools
           or runit; postmaster, mailer-daemon and root get alias/.qmail-* files
@@ -34,7 +41,7 @@ import socket
 
 import click
 
-from qpy import auto, control, hier, instance, prot, runner
+from qpy import auto, control, dkimkeys, hier, instance, prot, runner
 from qpy.errors import Exit, QmailError
 from qpy.programs import options
 
@@ -181,6 +188,100 @@ def status(home: str) -> None:
         click.echo("recent deliveries:")
         for line in st.recent:
             click.echo(f"  {line}")
+
+
+@cli.group()
+def dkim() -> None:
+    """DKIM keys: control/domainkeys/DOMAIN/SELECTOR and control/dkimdomains."""
+
+
+def _instance(home: str) -> None:
+    home = os.path.abspath(home)
+    if not os.path.isdir(os.path.join(home, "control")):
+        raise Exit(111, f"{home} is not an instance (run qpy init first)")
+    os.environ["QMAILHOME"] = home
+
+
+def _domain(domain: str) -> bytes:
+    name = domain.lower().rstrip(".").encode("idna")
+    if not dkimkeys.valid_name(name):
+        raise Exit(100, f"not a domain name: {domain}")
+    return name
+
+
+@dkim.command("keygen")
+@click.argument("domain")
+@click.option("--selector", default=None, help="Selector name [default: YYYYMM, or YYYYMMe for ed25519].")
+@click.option("--type", "kind", type=click.Choice(["rsa", "ed25519"]), default="rsa", show_default=True)
+@click.option("--bits", default=dkimkeys.RSA_BITS, show_default=True, type=click.IntRange(1024, 8192))
+@home_option
+def dkim_keygen(domain: str, selector: str | None, kind: str, bits: int, home: str) -> None:
+    """Create a signing key for DOMAIN and print the TXT record to publish."""
+    import time
+    _instance(home)
+    name = _domain(domain)
+    algorithm = dkimkeys.ED25519 if kind == "ed25519" else dkimkeys.RSA
+    sel = (selector or time.strftime("%Y%m") + ("e" if kind == "ed25519" else "")).lower().encode()
+    if not dkimkeys.valid_name(sel):
+        raise Exit(100, f"not a selector name: {sel.decode()}")
+    pem = dkimkeys.generate(algorithm, bits)
+    key = dkimkeys.from_pem(name, sel, pem)
+    try:
+        path = dkimkeys.store(key, pem)
+        active = dkimkeys.selectors().get(name, [])
+        kinds = {dkimkeys.load(name, s).algorithm for s in active}
+        if algorithm not in kinds:
+            dkimkeys.use(name, active + [sel])
+    except FileExistsError:
+        raise Exit(111, f"selector {sel.decode()} of {name.decode()} exists already")
+    except (OSError, QmailError) as e:
+        raise Exit(111, str(e))
+    click.echo(f"qpy: key {path}")
+    if algorithm in kinds:
+        click.echo(f"qpy: not signing with it yet: publish the record, then "
+                   f"qpy dkim use {name.decode()} {sel.decode()}")
+    click.echo(key.zone_line())
+
+
+@dkim.command("show")
+@click.argument("domain")
+@click.option("--selector", default=None, help="One selector [default: every key of DOMAIN].")
+@home_option
+def dkim_show(domain: str, selector: str | None, home: str) -> None:
+    """Print the TXT records of DOMAIN's keys (marked: which sign)."""
+    _instance(home)
+    name = _domain(domain)
+    active = dkimkeys.selectors().get(name, [])
+    sels = [selector.lower().encode()] if selector else dkimkeys.on_disk(name)
+    if not sels:
+        raise Exit(111, f"no DKIM key for {name.decode()}")
+    for sel in sels:
+        try:
+            line = open(dkimkeys.key_path(name, sel) + ".pub").read().rstrip("\n")
+        except OSError:
+            try:
+                line = dkimkeys.load(name, sel).zone_line()
+            except QmailError as e:
+                raise Exit(111, str(e))
+        click.echo(f"; {'signing' if sel in active else 'not signing'}\n{line}")
+
+
+@dkim.command("use")
+@click.argument("domain")
+@click.argument("selectors", nargs=-1, required=True)
+@home_option
+def dkim_use(domain: str, selectors: tuple[str, ...], home: str) -> None:
+    """Sign mail from DOMAIN with these selectors from now on."""
+    _instance(home)
+    name = _domain(domain)
+    sels = [s.lower().encode() for s in selectors]
+    try:
+        for sel in sels:
+            dkimkeys.load(name, sel)
+        dkimkeys.use(name, sels)
+    except (OSError, QmailError) as e:
+        raise Exit(111, str(e))
+    click.echo(f"qpy: {name.decode()} signs with {' '.join(selectors)}")
 
 
 @cli.command()
