@@ -30,8 +30,8 @@ SOCKET = "public/qmail-queued"
 TRIGGER = "public/qmail-pickup"
 DIR = "maildrop"
 
-MAGIC = b"qpy-drop 1 "
-HEADER_LEN = len(MAGIC) + 21
+MAGIC = b"qpy-drop "         # then one digit: 1 + the submission's flags (qpy.submit)
+HEADER_LEN = len(MAGIC) + 23
 FINAL = re.compile(r"d[0-9a-f]{32}\Z")
 TEMP = re.compile(r"t[0-9a-f]{32}\Z")
 STALE = 129600      # 36 h, as qmail-clean's pid/ cleanup
@@ -52,22 +52,22 @@ def final_name() -> str:
     return "d" + os.urandom(16).hex()
 
 
-def header(msglen: int) -> bytes:
+def header(msglen: int, flags: int = 0) -> bytes:
     """The 32-byte header of a drop file whose message has ``msglen`` bytes."""
-    return MAGIC + b"%020d\n" % msglen
+    return MAGIC + b"%d %020d\n" % (1 + flags, msglen)
 
 
-def parse_header(data: bytes, size: int) -> int:
-    """Check the header against the file size; return the message length."""
+def parse_header(data: bytes, size: int) -> tuple[int, int]:
+    """Check the header against the file size; return (message length, submission flags)."""
     if len(data) != HEADER_LEN or not data.startswith(MAGIC) or data[-1:] != b"\n":
         raise Malformed("bad header")
-    digits = data[len(MAGIC):-1]
-    if not digits.isdigit():
+    version, digits = data[len(MAGIC):len(MAGIC) + 2], data[len(MAGIC) + 2:-1]
+    if not digits.isdigit() or version[:1] not in b"1234" or version[1:] != b" ":
         raise Malformed("bad header")
     msglen = int(digits)
     if HEADER_LEN + msglen >= size:
         raise Malformed("no envelope")
-    return msglen
+    return msglen, int(version[:1]) - 1
 
 
 def peer(sock: socket.socket) -> tuple[int, int, int]:

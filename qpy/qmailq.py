@@ -28,14 +28,14 @@ import os
 import signal
 import time
 
-from qpy import auto, envelope, fdio, queuewrite, trigger, warm
+from qpy import auto, envelope, fdio, queuewrite, submit, trigger, warm
 from qpy.exitcodes import QQ, qq_text
 
 
 class QueueJob:
     """One running qmail-queue."""
 
-    def __init__(self, program: str | None = None) -> None:
+    def __init__(self, program: str | None = None, flags: int | None = None) -> None:
         self.error = False
         msg_r, msg_w = os.pipe()
         env_r, env_w = os.pipe()
@@ -46,6 +46,8 @@ class QueueJob:
             code = QQ.CANT_EXEC
             try:
                 warm.place_fds({0: msg_r, 1: env_r, 6: err_w})
+                if flags is not None:
+                    submit.set_env(os.environb, flags)
                 code = _run_child(program)
             except BaseException as e:
                 warm.report_crash(e)
@@ -125,12 +127,14 @@ def queue_message(message: bytes, sender: bytes, recipients: list[bytes]) -> str
     return job.close(sender, recipients)
 
 
-def queue_fd(fd: int, sender: bytes, recipients: list[bytes], head: bytes = b"") -> tuple[str, int]:
+def queue_fd(fd: int, sender: bytes, recipients: list[bytes], head: bytes = b"",
+             flags: int | None = None) -> tuple[str, int]:
     """Queue ``head`` + everything readable from ``fd``; return (qmail_close text, qp).
 
     A read error on ``fd`` kills the queue program (nothing is queued) and raises OSError.
+    ``flags`` as for start().
     """
-    job = QueueJob()
+    job = QueueJob(flags=flags)
     if head:
         job.put(head)
     while True:
@@ -147,9 +151,11 @@ def queue_fd(fd: int, sender: bytes, recipients: list[bytes], head: bytes = b"")
 class DirectJob:
     """One queue insertion written by this process (see the module docstring)."""
 
-    def __init__(self, queue_dir: str) -> None:
+    def __init__(self, queue_dir: str, flags: int = 0) -> None:
         self.pid = os.getpid()
         self.error = False
+        self.flags = flags
+        self._held: list[bytes] = []     # the message, kept while flags need all of it
         self._dir = queue_dir
         self._born = time.monotonic()
         uid = os.getuid()
@@ -170,6 +176,9 @@ class DirectJob:
         """Append message bytes to the mess file; after an error the rest is discarded."""
         if self.error or self._code or self._fd < 0:
             return
+        if self.flags:
+            self._held.append(data)
+            return
         try:
             queuewrite._write_all(self._fd, data)
         except BaseException as e:
@@ -184,13 +193,21 @@ class DirectJob:
         if self._code:
             self.abort()
             return qq_text(self._code)
+        if self.flags:
+            message = b"".join(self._held)
+            try:
+                queuewrite._write_all(self._fd, submit.prefix(self.flags, message) + message)
+            except BaseException as e:
+                self._code = queuewrite.code_of(e)
+                self.abort()
+                return qq_text(self._code)
         data = envelope.encode(sender, recipients)
         chunks = [data]
         old = os.umask(0o033)
         try:
             fd, self._fd = self._fd, -1
-            self._writer.commit(fd, lambda out: queuewrite._copy_envelope(
-                -1, out, lambda: chunks.pop() if chunks else b""))
+            self._writer.commit(fd, queuewrite.envelope_filler(
+                -1, self.flags, lambda: chunks.pop() if chunks else b""))
         except BaseException as e:
             self._code = queuewrite.code_of(e)
             self._writer.remove_partial()
@@ -241,7 +258,13 @@ def direct_queue() -> str | None:
     return qdir if ok else None
 
 
-def start() -> QueueJob | DirectJob:
-    """A job for one message: written by this process when it may (DirectJob), else qmail-queue."""
+def start(flags: int | None = None) -> QueueJob | DirectJob:
+    """A job for one message: written by this process when it may (DirectJob), else qmail-queue.
+
+    ``flags`` (qpy.submit: SIGN, FORWARD) say where the message comes from; None leaves
+    it to this process's environment ($DKIMSIGN, $QPY_FORWARD).
+    """
     qdir = direct_queue()
-    return DirectJob(qdir) if qdir is not None else QueueJob()
+    if qdir is not None:
+        return DirectJob(qdir, submit.from_env() if flags is None else flags)
+    return QueueJob(flags=flags)

@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from qpy import auto, fdio, prot, received, spare, trigger
+from qpy import auto, fdio, prot, received, spare, submit, trigger
 from qpy.auto import SPLIT
 from qpy.envelope import MAX_ADDR
 from qpy.errors import QueueFail
@@ -344,20 +344,30 @@ class Writer:
         _fsync_dir(self.base + f"mess/{self.msgid % SPLIT}", QQ.MESS_DIR)
         return self._link_todo()
 
-    def run(self, msg_fd: int, env_fd: int) -> int:
-        """Queue the message read from ``msg_fd`` with the envelope on ``env_fd``; return the id."""
+    def run(self, msg_fd: int, env_fd: int, flags: int = 0) -> int:
+        """Queue the message read from ``msg_fd`` with the envelope on ``env_fd``; return the id.
+
+        With ``flags`` (qpy.submit) the whole message is read first and the fields
+        submit.prefix() makes (DKIM-Signature, an ARC set) go between the Received line
+        and the message; without, the message streams to disk.  Either way the envelope
+        passes through submit.envelope() (SRS).
+        """
+        head = b""
+        if flags:
+            message = b"".join(iter(lambda: _read(msg_fd), b""))
+            head = submit.prefix(flags, message)
         fd = self.begin()
         try:
-            while True:
-                chunk = _read(msg_fd)
-                if not chunk:
-                    break
-                _write_all(fd, chunk)
+            if flags:
+                _write_all(fd, head + message)
+            else:
+                while chunk := _read(msg_fd):
+                    _write_all(fd, chunk)
         except BaseException:
             os.close(fd)
             raise
         self.sync_mess(fd)
-        return self.finish(lambda out: _copy_envelope(env_fd, out))
+        return self.finish(envelope_filler(env_fd, flags))
 
     def remove_partial(self) -> None:
         """Truncate and unlink what this run created (no todo link exists)."""
@@ -373,6 +383,16 @@ class Writer:
         self.unlock()
 
 
+def envelope_filler(env_fd: int, flags: int, read: Callable[[], bytes] | None = None
+                    ) -> Callable[[bytearray], None]:
+    """finish()'s ``envelope``: the checked records from ``env_fd`` (or ``read``) after SRS."""
+    def fill(out: bytearray) -> None:
+        start = len(out)
+        _copy_envelope(env_fd, out, read)
+        out[start:] = submit.envelope(flags, bytes(out[start:]))
+    return fill
+
+
 def code_of(e: BaseException) -> int:
     """qmail-queue's exit code for an exception raised while writing; anything else is re-raised."""
     if isinstance(e, QueueFail):
@@ -384,15 +404,17 @@ def code_of(e: BaseException) -> int:
     raise e
 
 
-def queue(msg_fd: int, env_fd: int, uid: int, who: bytes, pid: int | None = None) -> int:
+def queue(msg_fd: int, env_fd: int, uid: int, who: bytes, pid: int | None = None,
+          flags: int | None = None) -> int:
     """Run the whole qmail-queue sequence in the current directory (queue/); return the exit code.
 
     ``pid`` is the qp recorded in the Received line and the todo file (default: ours;
     qmail-queued passes its client's, so the caller's ``qp`` matches qmail-send's log).
+    ``flags``: qpy.submit's, default those of this process's environment.
     """
     writer = Writer(uid, pid or os.getpid(), who)
     try:
-        writer.run(msg_fd, env_fd)
+        writer.run(msg_fd, env_fd, submit.from_env() if flags is None else flags)
     except (QueueFail, MemoryError, OSError) as e:
         writer.remove_partial()
         return code_of(e)

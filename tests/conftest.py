@@ -81,6 +81,16 @@ def control(home: Path, name: str, text: str | bytes) -> None:
     (home / "control" / name).write_bytes(data)
 
 
+def unsrs(address: bytes) -> bytes:
+    """What the SRS0 address ``address`` of the $QMAILHOME instance stands for (a forward's
+    sender: new instances rewrite senders outside their domains, qpy.srs); asserts it is one."""
+    from qpy import srs
+    assert address.upper().startswith(b"SRS0=") and address.endswith(b"@test.example"), address
+    original = srs.reverse_recipient(address)
+    assert original != address, address
+    return original
+
+
 def python() -> str:
     """The interpreter tests should use for subprocesses."""
     return sys.executable

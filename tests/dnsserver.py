@@ -34,12 +34,13 @@ class DNSServer:
     """Serve a table of records on 127.0.0.1 (UDP+TCP, same port) until closed."""
 
     def __init__(self, records: dict[str, list[tuple[str, str]]], servfail: set[str] = frozenset(),
-                 drop: set[str] = frozenset(), host: str = "127.0.0.1") -> None:
+                 drop: set[str] = frozenset(), host: str = "127.0.0.1", port: int = 0) -> None:
         self.records = {k.lower().rstrip("."): list(v) for k, v in records.items()}
         self.servfail = {s.lower().rstrip(".") for s in servfail}
         self.drop = {s.lower().rstrip(".") for s in drop}
         self.queries: list[tuple[str, str]] = []
         self.host = host
+        self.want_port = port       # 0: any free port
         self._udp: socketserver.UDPServer | None = None
         self._tcp: socketserver.TCPServer | None = None
 
@@ -85,7 +86,7 @@ class DNSServer:
 
     # -- serving ---------------------------------------------------------------
     def start(self) -> "DNSServer":
-        """Bind UDP and TCP on one free port and serve in threads."""
+        """Bind UDP and TCP on one free port (or the one asked for) and serve in threads."""
         server = self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
@@ -116,7 +117,7 @@ class DNSServer:
             allow_reuse_address = True
 
         for _ in range(20):
-            udp = UDP((self.host, 0), UDPHandler)
+            udp = UDP((self.host, self.want_port), UDPHandler)
             port = udp.server_address[1]
             try:
                 tcp = TCP((self.host, port), TCPHandler)

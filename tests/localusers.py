@@ -105,6 +105,22 @@ def submit(home: Path, user: str, message: bytes, envelope: bytes,
     return proc.returncode, proc.pid, proc.stderr.read()
 
 
+def start_service(home: Path, *args: str) -> subprocess.Popen:
+    """Start home/bin/qmail-queued (as root it becomes qmailq); wait for its socket."""
+    proc = subprocess.Popen([str(home / "bin" / "qmail-queued"), *args], stderr=subprocess.PIPE,
+                            env=dict(os.environ, QMAILHOME=str(home)))
+    assert wait_for(lambda: (home / "public" / "qmail-queued").exists() or proc.poll() is not None)
+    assert proc.poll() is None, proc.stderr.read()
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> bytes:
+    """Stop a service with SIGTERM; its stderr."""
+    proc.terminate()
+    proc.wait(30)
+    return proc.stderr.read()
+
+
 def python_as(user: str, code: str, *args: str, **kw) -> tuple[list[str], dict]:
     """argv and Popen keywords to run a Python snippet as ``user`` (isolated: no qpy needed)."""
     return [sys.executable, "-I", "-c", code, *args], dict(cwd="/", preexec_fn=become(user), **kw)

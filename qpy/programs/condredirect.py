@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from qpy import child, qmailq
+from qpy import child, qmailq, submit
 
 
 def die(code: int, text: str) -> int:
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if dtline is None:
         return die(100, "DTLINE not set")
     try:
-        result, qp = qmailq.queue_fd(0, sender, [os.fsencode(argv[0])], dtline)
+        result, qp = qmailq.queue_fd(0, sender, [os.fsencode(argv[0])], dtline,
+                                     flags=submit.FORWARD)
     except OSError as e:
         return die(111, f"unable to read message: {e.strerror}")
     if result:

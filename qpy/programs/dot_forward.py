@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 
-from qpy import aliases, child, fdio, qmailq
+from qpy import aliases, child, fdio, qmailq, submit
 from qpy.errors import Exit, QmailError
 from qpy.exitcodes import PERM_PROGRAM
 
@@ -172,7 +172,8 @@ class DotForward:
     def forward(self, targets: list[bytes]) -> None:
         """Queue DTLINE + the message to the targets with sender NEWSENDER."""
         try:
-            result, qp = qmailq.queue_fd(0, self.sender, targets, self.lines[b"DTLINE"])
+            result, qp = qmailq.queue_fd(0, self.sender, targets, self.lines[b"DTLINE"],
+                                         flags=submit.FORWARD)
         except OSError as e:
             raise fatal(111, f"unable to read message: {e.strerror}")
         if result:

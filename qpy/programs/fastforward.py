@@ -28,7 +28,7 @@ import signal
 import stat
 import sys
 
-from qpy import aliases, cdb, child, qmailq
+from qpy import aliases, cdb, child, qmailq, submit
 from qpy.errors import Exit, QmailError
 from qpy.exitcodes import PERM_PROGRAM
 
@@ -179,7 +179,7 @@ def rewind() -> None:
 
 def requeue(dtline: bytes, sender: bytes, recipients: list[bytes]) -> tuple[str, int]:
     """Queue DTLINE + the rest of the message (fd 0 is at its start) to the recipients."""
-    return qmailq.queue_fd(0, sender, recipients, dtline)
+    return qmailq.queue_fd(0, sender, recipients, dtline, flags=submit.FORWARD)
 
 
 def recipient_from_env(use_default: bool) -> bytes:

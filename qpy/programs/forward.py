@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from qpy import qmailq
+from qpy import qmailq, submit
 
 
 
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     if dtline is None:
         return die(100, "DTLINE not set")
     try:
-        result, qp = qmailq.queue_fd(0, sender, [os.fsencode(a) for a in argv], dtline)
+        result, qp = qmailq.queue_fd(0, sender, [os.fsencode(a) for a in argv], dtline,
+                                     flags=submit.FORWARD)
     except OSError as e:
         return die(111, f"unable to read message: {e.strerror}")
     if result:

@@ -35,7 +35,7 @@ import sys
 import time
 from typing import BinaryIO
 
-from qpy import addr, auto, control, header, qmailq
+from qpy import addr, auto, control, header, qmailq, submit
 from qpy.errors import ControlError, Exit
 from qpy.header import ATOM, AT, COLON, COMMENT, LEFT, QUOTE, RIGHT, Token
 
@@ -370,7 +370,7 @@ def inject(argv: list[str], stdin: BinaryIO, stdout: BinaryIO) -> None:
     if not rcpts:
         raise Exit(100, "no recipients")    # queued, it would vanish without a trace
     try:
-        job = qmailq.start()
+        job = qmailq.start(submit.from_env() or submit.SIGN)   # a local user's new message
     except OSError:
         raise Exit(111, "unable to run qmail-queue")
     try:

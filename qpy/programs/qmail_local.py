@@ -278,10 +278,10 @@ class Local:
 
     def forward(self) -> None:
         """Queue the message once for every forward, Delivered-To prepended."""
-        from qpy import qmailq   # only runs that forward pay for it
+        from qpy import qmailq, submit   # only runs that forward pay for it
         rewind()
         try:
-            job = qmailq.start()
+            job = qmailq.start(submit.FORWARD)      # SRS and ARC, never a DKIM signature
         except OSError as e:
             raise Exit(111, f"Unable to fork: {errstr.text(e)}. (#4.3.0)")
         self.qp = job.pid
@@ -368,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     """Deliver; render failures as one line on fd 2 and the exit code."""
     os.umask(0o077)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # The message being delivered came from somewhere: a program here that queues it
+    # again gets no DKIM signature by inheritance (qpy.submit; qmail-inject asks anew).
+    os.environb.pop(b"DKIMSIGN", None)
     args = [os.fsencode(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:
         return deliver(args)

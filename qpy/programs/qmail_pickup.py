@@ -84,9 +84,10 @@ def refusal(st: os.stat_result, gid: int) -> str:
     return ""
 
 
-def envelope_fd(fd: int, size: int) -> tuple[int, int]:
-    """Check a drop file's header and envelope; return (message length, fd with the envelope)."""
-    msglen = maildrop.parse_header(os.pread(fd, maildrop.HEADER_LEN, 0), size)
+def envelope_fd(fd: int, size: int) -> tuple[int, int, int]:
+    """Check a drop file's header and envelope; return (message length, fd with the envelope,
+    the submission's flags)."""
+    msglen, flags = maildrop.parse_header(os.pread(fd, maildrop.HEADER_LEN, 0), size)
     start = maildrop.HEADER_LEN + msglen
     env = _pread_all(fd, size - start, start)
     efd = os.memfd_create("envelope")
@@ -100,7 +101,7 @@ def envelope_fd(fd: int, size: int) -> tuple[int, int]:
     if records + b"\0" != env:
         raise maildrop.Malformed("data after the envelope")
     os.lseek(efd, 0, os.SEEK_SET)
-    return msglen, efd
+    return msglen, efd, flags
 
 
 def copy_message(fd: int, out: int, msglen: int) -> None:
@@ -253,7 +254,7 @@ class Pickup:
         if reason:
             return self.remove(name, st, reason)
         try:
-            msglen, efd = envelope_fd(fd, st.st_size)
+            msglen, efd, flags = envelope_fd(fd, st.st_size)
         except maildrop.Malformed as e:
             return self.remove(name, st, str(e))
         except OSError as e:
@@ -263,7 +264,8 @@ class Pickup:
         threading.Thread(target=copy_message, args=(fd, w, msglen), daemon=True).start()
         os.chdir("queue")
         uid = st.st_uid
-        code = queuewrite.queue(r, efd, uid, queuewrite.who_invoked(uid, self.priv, self.special))
+        code = queuewrite.queue(r, efd, uid, queuewrite.who_invoked(uid, self.priv, self.special),
+                                flags=flags)
         os.chdir("..")
         if code != 0:
             log(f"warning: {maildrop.DIR}/{name} (uid {uid}): {qq_text(code)}; will try again later")

@@ -25,7 +25,7 @@ import os
 import signal
 import time
 
-from qpy import control, fdio, netstring, qmailq, received, scan
+from qpy import control, fdio, netstring, qmailq, received, scan, submit
 from qpy.errors import Exit, QmailError
 
 ALARM = 3600
@@ -76,7 +76,7 @@ def receive(stream: netstring.Stream) -> str:
     stream.budget = stream.length()
     size = stream.length()
     try:
-        job = qmailq.start()
+        job = qmailq.start(submit.SIGN)     # QMQP clients are trusted peers: signed
     except OSError:
         raise Exit(111)
     try:

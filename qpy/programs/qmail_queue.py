@@ -33,7 +33,7 @@ import os
 import signal
 import stat
 
-from qpy import auto, maildrop, trigger
+from qpy import auto, maildrop, submit, trigger
 from qpy.errors import QueueFail
 from qpy.exitcodes import QQ
 from qpy.queuewrite import (_fsync, _fsync_dir, _read, _write_all, alarm_seconds, become_owner,
@@ -42,7 +42,6 @@ from qpy.queuewrite import (_fsync, _fsync_dir, _read, _write_all, alarm_seconds
 
 
 # The thin client (privileged mode, caller is not the queue's owner).
-HELLO = b"\0"           # the one byte that carries fds 0 and 1 (its value means nothing)
 CONNECT_TIMEOUT = 10.0
 CLIENT_MARGIN = 300     # the client outwaits the service's own suicide timer
 
@@ -58,7 +57,8 @@ def via_service(owner: int) -> int | None:
             if maildrop.peer(sock)[1] != owner:
                 return None     # not the queue's owner at the other end: hand it nothing
             sock.settimeout(None)
-            socket.send_fds(sock, [HELLO], [0, 1])
+            # the one byte that carries fds 0 and 1: the submission's flags
+            socket.send_fds(sock, [bytes([submit.from_env()])], [0, 1])
         except OSError:
             return None         # no service (or it died before taking the fds)
         signal.alarm(alarm_seconds() + CLIENT_MARGIN)
@@ -112,14 +112,14 @@ def drop(owner: int) -> int:
         os.fchmod(fd, 0o640)
         if os.fstat(fd).st_gid != dirst.st_gid:
             raise QueueFail(QQ.QUEUE_DIR)    # qmail-pickup could not read it
-        _write_all(fd, maildrop.header(0))
+        _write_all(fd, maildrop.header(0, submit.from_env()))
         msglen = 0
         while chunk := _read(0):
             _write_all(fd, chunk)
             msglen += len(chunk)
         _write_all(fd, read_envelope(1) + b"\0")
         try:
-            os.pwrite(fd, maildrop.header(msglen), 0)
+            os.pwrite(fd, maildrop.header(msglen, submit.from_env()), 0)
         except OSError:
             raise QueueFail(QQ.WRITE_ERROR)
         _fsync(fd)
@@ -143,7 +143,7 @@ def drop(owner: int) -> int:
     return QQ.OK
 
 
-def submit(owner: int) -> int:
+def hand_over(owner: int) -> int:
     """We may not write the queue: through qmail-queued, else into maildrop/."""
     for fd in (0, 1):
         try:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             return QQ.QUEUE_DIR
         uid = os.getuid()
         if os.geteuid() not in (owner.st_uid, 0):
-            return submit(owner.st_uid)
+            return hand_over(owner.st_uid)
         priv = privileged_instance()
         try:
             become_owner(owner)

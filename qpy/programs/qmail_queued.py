@@ -8,7 +8,8 @@ RUNS AS   qmailq, group qmail (privileged mode): started as root it becomes the 
 LISTENS   on the Unix stream socket QMAILHOME/public/qmail-queued (mode 0666 in the
           0711 directory public/, which only qmailq can write: nobody else can put
           a socket there).  It flocks public/ so a second copy refuses to start.
-PROTOCOL  client → service: one byte (ignored) carrying exactly two fds by SCM_RIGHTS,
+PROTOCOL  client → service: one byte, the submission's flags (qpy.submit: 1 sign, 2
+          forward; other bits ignored), carrying exactly two fds by SCM_RIGHTS,
           the client's fd 0 (message) and fd 1 (envelope).  service → client: one byte,
           the exit code of the queue writer, or 255 (busy: nothing was read, use
           maildrop/) before any fd is read.  A request without exactly two fds is
@@ -39,7 +40,7 @@ import socket
 import sys
 import time
 
-from qpy import auto, fdio, maildrop, prot, queuewrite, warm
+from qpy import auto, fdio, maildrop, prot, queuewrite, submit, warm
 from qpy.errors import Exit
 
 NAME = "qmail-queued"
@@ -209,14 +210,15 @@ class Service:
             for fd in (self.lock, self.wake.r, self.wake.w):
                 os.close(fd)
             conn.settimeout(HELLO_TIMEOUT)
-            _, fds, flags, _ = socket.recv_fds(conn, 16, 3)
-            if len(fds) != 2 or flags & socket.MSG_CTRUNC:
+            hello, fds, msgflags, _ = socket.recv_fds(conn, 16, 3)
+            if len(fds) != 2 or msgflags & socket.MSG_CTRUNC:
                 warm.child_exit(0)   # every fd we got closes with us; no answer
             warm.place_fds({0: fds[0], 1: fds[1], 3: conn.detach()})
             queuewrite.setup_signals()
             signal.alarm(queuewrite.alarm_seconds())
             who = queuewrite.who_invoked(uid, self.priv, self.special)
-            code = queuewrite.queue(0, 1, uid, who, pid if pid > 0 else None)
+            flags = hello[0] & submit.FLAGS if hello else 0
+            code = queuewrite.queue(0, 1, uid, who, pid if pid > 0 else None, flags)
             signal.alarm(0)
             os.write(3, bytes([code]))
         except OSError:

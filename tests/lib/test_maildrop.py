@@ -12,11 +12,20 @@ from qpy import maildrop, trigger
 def test_header_is_32_bytes_and_round_trips():
     head = maildrop.header(1234)
     assert head == b"qpy-drop 1 00000000000000001234\n" and len(head) == maildrop.HEADER_LEN == 32
-    assert maildrop.parse_header(head, 32 + 1234 + 3) == 1234
+    assert maildrop.parse_header(head, 32 + 1234 + 3) == (1234, 0)
+
+
+def test_header_carries_the_submission_flags():
+    # the digit after "qpy-drop " is 1 + qpy.submit's flags: 1 sign, 2 forward
+    for flags in (1, 2, 3):
+        head = maildrop.header(77, flags)
+        assert head == b"qpy-drop %d 00000000000000000077\n" % (1 + flags) and len(head) == 32
+        assert maildrop.parse_header(head, 32 + 77 + 3) == (77, flags)
 
 
 @pytest.mark.parametrize("data, size", [
-    (b"qpy-drop 2 00000000000000001234\n", 2000),     # another format
+    (b"qpy-drop 5 00000000000000001234\n", 2000),     # another format
+    (b"qpy-drop 11 0000000000000001234\n", 2000),     # another format
     (b"qpy-drop 1 0000000000000000123x\n", 2000),     # not digits
     (b"qpy-drop 1 00000000000000001234 ", 2000),      # no newline
     (b"qpy-drop 1 0000", 2000),                       # short file

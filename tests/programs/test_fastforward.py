@@ -5,7 +5,7 @@ import mailbox
 import os
 import subprocess
 
-from conftest import run
+from conftest import run, unsrs
 
 MESSAGE = b"From: x@y.z\nSubject: to an alias\n\nbody\n"
 
@@ -52,7 +52,7 @@ def test_alias_chain_is_forwarded_once(home, tmp_path):
     assert r.stderr.startswith(b"fastforward: qp ")
     [(mess, sender, rcpts)] = queued(home)
     assert mess == b"Delivered-To: alias-postmaster@test.example\n" + MESSAGE
-    assert sender == b"Fs@x.y"
+    assert unsrs(sender[1:]) == b"s@x.y"
     assert rcpts == [b"Tjoe@test.example", b"Tops@far.example"]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import unsrs
 from qpy import envelope, queuedir
 
 MSG = b"Subject: test\nFrom: a@example.org\n\nFrom the start\n>From quoted\nbody\n"
@@ -211,7 +212,8 @@ def test_forwards_are_queued_once_with_delivered_to(home, user):
     m = re.fullmatch(rb"did 0\+2\+0\nqp (\d+)\n", r.stdout)
     assert m
     ((env, mess),) = queued(home)
-    assert (env.sender, env.recipients) == (b"s@example.org", [b"one@example.net", b"two@example.net"])
+    assert (unsrs(env.sender), env.recipients) == (b"s@example.org",
+                                                   [b"one@example.net", b"two@example.net"])
     assert re.match(rb"Received: \(qmail %s invoked by uid \d+\); .*\n" % m.group(1), mess)
     assert mess.split(b"\n", 1)[1] == b"Delivered-To: joe@example.com\n" + MSG
 
@@ -221,7 +223,7 @@ def test_newsender_owner_and_verp(home, user):
     dotqmail(user, ".qmail-list-owner", "&boss@example.net\n")
     r = local(home, user, local_="joe-list", dash="-", ext="list", domain="lists.example")
     assert r.returncode == 0
-    assert queued(home)[0][0].sender == b"joe-list-owner@lists.example"
+    assert unsrs(queued(home)[0][0].sender) == b"joe-list-owner@lists.example"
     dotqmail(user, ".qmail-list-owner-default", "&boss@example.net\n")
     for msgid in queuedir.scan_flat(str(home / "queue"), "todo"):
         os.unlink(home / "queue" / queuedir.todo(msgid))

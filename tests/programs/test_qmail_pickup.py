@@ -175,7 +175,7 @@ def test_a_second_link_made_by_the_owner_is_refused_too(priv_home):
 
 @pytest.mark.parametrize("data, reason", [
     (b"garbage", b"bad header"),
-    (maildrop.MAGIC + b"%020d\n" % 500 + b"short", b"no envelope"),
+    (maildrop.header(500) + b"short", b"no envelope"),
     (drop_file(b"x\n", b"Xa@b\0\0"), b"bad envelope"),
     (drop_file(b"x\n", b"Fa@b\0Tc@d\0"), b"bad envelope"),
     (drop_file(b"x\n", b"Fa@b\0\0trailing"), b"data after the envelope"),

@@ -15,27 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from localusers import python_as, run_python, submit, uid_of_process, wait_for
+from localusers import (python_as, run_python, start_service, stop, submit, uid_of_process,
+                        wait_for)
 from qpy.auto import SPLIT
 
 MESSAGE = b"From: u@example.test\nSubject: via the service\n\nbody\n\x00\xff\n"
 ENVELOPE = b"Fu@example.test\0Tr@example.test\0\0"
 RECEIVED = re.compile(rb"^Received: \(qmail (\d+) invoked (.+?)\); "
                       rb"\d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d -0000\n")
-
-
-def start_service(home: Path, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([str(home / "bin" / "qmail-queued"), *args], stderr=subprocess.PIPE,
-                            env=dict(os.environ, QMAILHOME=str(home)))
-    assert wait_for(lambda: (home / "public" / "qmail-queued").exists() or proc.poll() is not None)
-    assert proc.poll() is None, proc.stderr.read()
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> bytes:
-    proc.terminate()
-    proc.wait(30)
-    return proc.stderr.read()
 
 
 @pytest.fixture
