@@ -7,6 +7,7 @@ SYNOPSIS  qpy init   [--home DIR] [--me HOSTNAME]
           qpy status [--home DIR]
           qpy dkim keygen DOMAIN [--selector S] [--type rsa|ed25519] [--bits N] [--home DIR]
           qpy dkim show DOMAIN [--selector S];  qpy dkim use DOMAIN SELECTOR…
+          qpy doctor [DOMAIN] [--ip ADDRESS] [--timeout SECONDS] [--json] [--home DIR]
           qpy install [--home /var/qmail] [--me HOST] [--service-dir DIR] [--link SCANDIR] …
 RUNS AS   the admin or an ordinary user.  As root with the qmail accounts present,
           ``init`` gives the instance qmail's owners and modes (privileged mode);
@@ -26,11 +27,19 @@ WRITES    init: the instance tree of qpy.hier (existing control files are kept).
           its type for DOMAIN also goes into control/dkimdomains (a second type: two
           signatures); prints the TXT record to publish.  show: that record again.
           use: the selectors that sign for DOMAIN from now on (key rotation).
+          doctor: writes nothing; checks through the instance's resolver (qpy.doctor)
+          that DOMAIN's MX is this host, the PTR of the address mail leaves from
+          (--ip, else the kernel's route out) is the HELO name and resolves back, SPF
+          (one record, 10 lookups, passes), every DKIM selector's record, DMARC, the
+          certificate in control/servercert.pem, MTA-STS and TLS-RPT; one line
+          ``ok|warn|fail  check: why`` each, then the records to publish.  Without
+          DOMAIN: every domain in control/dkimdomains, else me's parent domain.
           install (root): the qmail accounts, a privileged instance, and service
           directories (run + log/run with multilog's TAI64N stamps) for daemontools
           or runit; postmaster, mailer-daemon and root get alias/.qmail-* files
           (to --postmaster ADDRESS, else to alias/Maildir/), as qmail's INSTALL.alias.
-EXIT      0 ok; 100 usage or bad argument; 111 on any failure (one line on stderr).
+EXIT      0 ok; 100 usage or bad argument; 111 on any failure (one line on stderr);
+          doctor: 1 when a check fails (warnings allowed), 111 if the instance is unreadable.
 """
 from __future__ import annotations
 
@@ -282,6 +291,41 @@ def dkim_use(domain: str, selectors: tuple[str, ...], home: str) -> None:
     except (OSError, QmailError) as e:
         raise Exit(111, str(e))
     click.echo(f"qpy: {name.decode()} signs with {' '.join(selectors)}")
+
+
+@cli.command("doctor")
+@click.argument("domain", required=False)
+@click.option("--ip", default=None, metavar="ADDRESS",
+              help="The address mail leaves from [default: the kernel's route to the Internet].")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300),
+              help="Seconds one DNS lookup may take.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+@home_option
+def doctor_command(domain: str | None, ip: str | None, timeout: float, as_json: bool,
+                   home: str) -> int:
+    """Check DNS, DKIM keys and the certificate before sending mail for DOMAIN."""
+    import ipaddress
+    import json
+
+    from qpy import doctor      # cryptography and pyspf only when asked for
+    _instance(home)
+    if ip is not None:
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise Exit(100, f"not an IP address: {ip}")
+    try:
+        domains = [_domain(domain).decode()] if domain else doctor.default_domains()
+        if not domains:
+            raise Exit(111, "no control/me and no control/dkimdomains: name the DOMAIN")
+        checks = doctor.run(domains, ip, timeout)
+    except QmailError as e:
+        raise Exit(111, e.text)
+    if as_json:
+        click.echo(json.dumps(doctor.as_dict(checks), indent=1))
+    else:
+        click.echo(doctor.report(checks), nl=False)
+    return doctor.exit_code(checks)
 
 
 @cli.command()
