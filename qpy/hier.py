@@ -11,7 +11,7 @@ import stat
 import sys
 from dataclasses import dataclass
 
-from qpy import auto, controlfiles, prot
+from qpy import auto, controlfiles, prot, srs
 
 # Owner "root" is the invoking user in single-user mode, as every other account is.
 ROOT = auto.ROOT
@@ -72,9 +72,14 @@ DIRS: list[Entry] = [
 # Files the administrator provides; install (qpy init, qpy install) sets their owner and mode
 # when they exist.  qmail-smtpd reads the STARTTLS certificate and key as qmaild (tcpserver
 # -u/-g drops to qmaild before it runs, in qpy run and in the supervised service alike), so
-# qmaild owns them and nobody else may read them.  A symbolic link is left alone.
+# qmaild owns them and nobody else may read them.  The SRS secrets (qpy.srs, made by
+# install when missing) are read by qmail-smtpd/qmail-qmtpd as qmaild to check RCPT and by
+# the queue writer (qmailq, group qmail) to sign and reverse: qmaild's, group qmail, 0440.
+# A symbolic link is left alone.  In single-user mode the group and other bits are dropped
+# (the user is every account).
 PROVIDED: list[Entry] = [
     Entry("control/servercert.pem", "f", auto.QMAILD, "", 0o400),
+    Entry("control/srs_secrets", "f", auto.QMAILD, Q, 0o440),
 ]
 
 # Every program: bin/<name> ↔ qpy/programs/<module>.py ↔ one console_scripts line.
@@ -126,7 +131,10 @@ PROGRAMS: dict[str, str] = {
     "dot-forward": "recipient",
 }
 
-CONTROL_FROM_ME = ("me", "locals", "rcpthosts")
+CONTROL_FROM_ME = ("me", "locals", "rcpthosts", "srs_domain")
+# written only when the instance is new (no control/me yet): SRS is on by default for a new
+# instance, never switched on by repairing an old one (its secret is made either way)
+NEW_ONLY = ("srs_domain",)
 # int files a new instance states explicitly: their declared initial value, else the default
 CONTROL_FROM_DEFAULT = ("concurrencylocal", "concurrencyremote", "queuelifetime", "databytes",
                         "timeoutsmtpd", "timeoutremote", "timeoutconnect", "rcptcheck", "maxrcpt")
@@ -196,6 +204,7 @@ def _make(full: str, entry: Entry) -> None:
 def install(home: str, me: bytes, priv: bool) -> None:
     """Create or repair an instance at ``home``.  Existing control files are kept."""
     owners = Owners(priv)
+    new = not os.path.exists(os.path.join(home, "control", "me"))
     for entry in DIRS:
         full = os.path.join(home, entry.path) if entry.path else home
         _make(full, entry)
@@ -205,7 +214,11 @@ def install(home: str, me: bytes, priv: bool) -> None:
         os.chmod(full, entry.mode)
     uid, gid = owners.ids(ROOT, auto.GROUP_QMAIL)
     for name, data in control_defaults(me).items():
-        _write_new(os.path.join(home, "control", name), data, uid, gid, 0o644, priv)
+        if new or name not in NEW_ONLY:
+            _write_new(os.path.join(home, "control", name), data, uid, gid, 0o644, priv)
+    secret = os.path.join(home, "control", "srs_secrets")
+    if not os.path.lexists(secret):     # created 0400; PROVIDED below makes it qmaild's
+        _write_file(secret, srs.new_secret(), uid, gid, 0o400, priv)
     for program in PROGRAMS:
         _write_file(os.path.join(home, "bin", program), shim(program).encode(), uid, gid, 0o755, priv)
     for entry in PROVIDED:
@@ -214,7 +227,12 @@ def install(home: str, me: bytes, priv: bool) -> None:
             uid, gid = owners.ids(entry.owner, entry.group)
             if priv:
                 os.chown(full, uid, gid)
-            os.chmod(full, entry.mode)
+            os.chmod(full, provided_mode(entry, priv))
+
+
+def provided_mode(entry: Entry, priv: bool) -> int:
+    """A provided file's mode: as declared, without group and other bits in single-user mode."""
+    return entry.mode if priv else entry.mode & 0o700
 
 
 def _write_new(full: str, data: bytes, uid: int, gid: int, mode: int, priv: bool) -> None:
@@ -226,7 +244,10 @@ def _write_new(full: str, data: bytes, uid: int, gid: int, mode: int, priv: bool
 def _write_file(full: str, data: bytes, uid: int, gid: int, mode: int, priv: bool) -> None:
     """Write a file atomically with the given owner and mode."""
     tmp = full + ".tmp"
-    with open(tmp, "wb") as f:
+    if os.path.lexists(tmp):            # a crashed install's: its mode is not ours
+        os.unlink(tmp)
+    # 0600 until the chmod below: a secret is never readable by others, not even briefly
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -254,8 +275,9 @@ def check(home: str, priv: bool) -> list[str]:
                      "f": stat.S_ISREG}[entry.kind]
         if not want_type(st.st_mode):
             problems.append(f"{entry.path}: wrong type")
-        if stat.S_IMODE(st.st_mode) != entry.mode:
-            problems.append(f"{entry.path}: mode {stat.S_IMODE(st.st_mode):o} != {entry.mode:o}")
+        mode = provided_mode(entry, priv) if entry.kind == "f" else entry.mode
+        if stat.S_IMODE(st.st_mode) != mode:
+            problems.append(f"{entry.path}: mode {stat.S_IMODE(st.st_mode):o} != {mode:o}")
         uid, gid = owners.ids(entry.owner, entry.group)
         if (st.st_uid, st.st_gid) != (uid, gid):
             problems.append(f"{entry.path}: owner {st.st_uid}:{st.st_gid} != {uid}:{gid}")

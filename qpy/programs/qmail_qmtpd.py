@@ -5,7 +5,8 @@ RUNS AS   qmaild.
 READS     per message: netstring(``\\n`` + LF text, or ``\\r`` + CRLF text: CRLF → LF, a
           lone CR kept), netstring(sender), netstring(netstrings of recipients); any number
           of messages until the client closes.  control/rcpthosts, morercpthosts.cdb,
-          databytes, maxrcpt; $RELAYCLIENT (appended to each recipient, rcpthosts not
+          databytes, maxrcpt, and at the first SRS recipient srs_domain, srs_secrets
+          (qmaild's), srs_maxage; $RELAYCLIENT (appended to each recipient, rcpthosts not
           checked), $DATABYTES, $MAXRCPT; $TCPREMOTEIP/HOST/INFO and $TCPLOCALHOST (else
           $TCPLOCALIP).
 WRITES    each message to qmail-queue (qpy.qmailq) after ``Received: from <host>
@@ -13,7 +14,10 @@ WRITES    each message to qmail-queue (qpy.qmailq) after ``Received: from <host>
           recipient, in order: ``Kok <time> qp <pid>``, qmail-queue's ``Z…``/``D…``, ``Dsorry,
           that domain isn't in my list of allowed rcpthosts (#5.7.1)``, or ``Dsorry, I can't
           handle that recipient (#5.1.3)`` (address + RELAYCLIENT of 1000 bytes or more, or
-          a NUL); past maxrcpt acceptable recipients ``Zsorry, too many recipients (#4.5.3)``
+          a NUL), ``Dforged SRS address (#5.7.1)``, ``Dexpired SRS address (#5.7.1)`` or
+          ``Dmalformed SRS address (#5.1.1)`` (an SRS0/SRS1 address at control/srs_domain
+          that qpy.srs does not verify; a valid one needs no rcpthosts); past maxrcpt
+          acceptable recipients ``Zsorry, too many recipients (#4.5.3)``
           (QMTP's temporary refusal, SMTP's 452: the client sends those again later, in a
           message of their own).  A bad sender (1000 bytes or more, or a NUL) makes the
           others ``Dunacceptable sender (#5.1.7)``, a message over databytes ``Dsorry, that
@@ -29,7 +33,7 @@ import os
 import signal
 import time
 
-from qpy import auto, control, fdio, netstring, qmailq, received, rcpthosts, scan
+from qpy import auto, control, fdio, netstring, qmailq, received, rcpthosts, scan, srs, submit
 from qpy.errors import Exit, QmailError
 from qpy.exitcodes import qq_text
 
@@ -157,14 +161,16 @@ class Session:
             else:
                 addr = self.stream.read(n)
                 failure = BAD_RCPT if b"\0" in addr else b""
-                if relay is not None:
-                    addr += relay
-                else:
-                    try:
-                        if not self.rcpthosts.accepts(addr):
-                            failure = NOT_RCPTHOST
-                    except QmailError:
-                        raise Exit(111)
+                try:
+                    verdict = None if failure else srs.classify(addr)   # None: not SRS of ours
+                    if verdict not in (None, srs.VALID):
+                        failure = netstring.encode(b"D" + srs.refusal(verdict))
+                    if relay is not None:
+                        addr += relay
+                    elif verdict is None and not self.rcpthosts.accepts(addr):
+                        failure = NOT_RCPTHOST
+                except QmailError:
+                    raise Exit(111)
                 if not failure and self.maxrcpt and accepted >= self.maxrcpt:
                     failure = TOO_MANY          # read, then forgotten
                 accepted += not failure
@@ -180,7 +186,7 @@ class Session:
         if size == 0:
             raise netstring.ProtocolError("empty message")
         try:
-            job = qmailq.start()
+            job = qmailq.start(submit.SIGN if self.relayclient is not None else None)
         except OSError:
             raise Exit(111)
         try:

@@ -7,7 +7,8 @@ RUNS AS   qmaild/nofiles, started per connection by tcpserver (Debian's ucspi-tc
           instance it becomes qmaild/nofiles itself before it reads from the network.
 READS     control/smtpgreeting (else me; neither → 421), localiphost (else me),
           timeoutsmtpd, rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
-          servercert.pem, rcptcheck, checkpassword, and the limits of qpy.smtplimits
+          servercert.pem, rcptcheck, checkpassword, srs_domain, srs_secrets (qmaild's,
+          read at the first SRS recipient), srs_maxage, and the limits of qpy.smtplimits
           (maxrcpt, maxerrors, maxjunk, timeoutsmtpdsession, mindatarate,
           maxauthfail, authfaildelay).  Environment: TCPREMOTEIP, TCPREMOTEHOST,
           TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP, RELAYCLIENT, DATABYTES, MAXRCPT,
@@ -57,6 +58,11 @@ DIALOGUE  docs/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
             close (close_notify), the client's awaited at most 5 seconds.
           - control/rcptcheck containing 1: RCPT of an unknown local recipient →
             ``550 sorry, no mailbox here by that name (#5.1.1)`` (qpy.rcptcheck).
+          - SRS (qpy.srs; control/srs_domain, srs_secrets, srs_maxage): RCPT of an
+            SRS0/SRS1 address at srs_domain whose hash or timestamp does not verify →
+            ``550 forged SRS address (#5.7.1)``, ``550 expired SRS address (#5.7.1)``,
+            ``550 malformed SRS address (#5.1.1)``; a valid one is accepted without
+            rcpthosts or rcptcheck (the queue writer turns it back).
           - AUTH PLAIN / AUTH LOGIN: the checkpassword program (env CHECKPASSWORD,
             else control/checkpassword: the program and its arguments, e.g.
             ``/usr/bin/checkpassword /bin/true``) reads ``user\\0password\\0\\0`` on
@@ -73,7 +79,7 @@ import stat
 import sys
 import time
 
-from qpy import auto, control, qmailq, received, sasl, scan, smtpio
+from qpy import auto, control, qmailq, received, sasl, scan, smtpio, srs, submit
 from qpy.errors import Exit, QmailError
 from qpy.rcpthosts import RcptHosts
 from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
@@ -123,6 +129,13 @@ class Config:
         """qmail's rcpthosts(): no @, no rcpthosts file, or the domain is listed."""
         try:
             return self.rcpthosts.accepts(address)
+        except QmailError:
+            raise Exit(1, CONTROLS)
+
+    def srs_verdict(self, address: bytes) -> str | None:
+        """qpy.srs on a recipient: None (not an SRS address at srs_domain), VALID or why not."""
+        try:
+            return srs.classify(address)    # reads the controls at the first SRS address only
         except QmailError:
             raise Exit(1, CONTROLS)
 
@@ -325,10 +338,14 @@ class Session:
             return
         address = parsed[0]
         relay = self.relay()
-        if relay is None and not self.cfg.rcpthost_ok(address):
+        verdict = self.cfg.srs_verdict(address)        # None: not an SRS address of ours
+        if verdict not in (None, srs.VALID):
+            self.reply(b"550 " + srs.refusal(verdict))
+            return
+        if verdict is None and relay is None and not self.cfg.rcpthost_ok(address):
             self.reply(b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
             return
-        if self.cfg.rcptcheck and not self.recipient_known(address):
+        if verdict is None and self.cfg.rcptcheck and not self.recipient_known(address):
             self.reply(b"550 sorry, no mailbox here by that name (#5.1.1)")
             return
         self.rcpts.append(address + (relay or b""))
@@ -343,7 +360,8 @@ class Session:
             return
         sender, self.sender = self.sender, None
         try:
-            job = qmailq.start()
+            # our users' mail (RELAYCLIENT, AUTH) is DKIM-signed by the writer (qpy.submit)
+            job = qmailq.start(submit.SIGN if self.relay() is not None else None)
         except OSError:
             self.reply(b"451 qqt failure (#4.3.0)")
             return

@@ -160,3 +160,24 @@ def test_recipient_flood_is_refused_in_order_and_not_stored(home, server):
     envelopes = sorted(env for _, env in queued(home).values())
     assert envelopes == [b"Fs@x\0Ta@test.example\0Tc@test.example\0",
                          b"Fs@x\0Tg0@test.example\0Tg1@test.example\0"]
+
+
+def test_srs_recipients_refused_unless_they_verify(home, server):
+    """srs.test.example is not in rcpthosts: a valid SRS address there is accepted anyway;
+    forged, expired and malformed ones get D with qpy.srs's reason."""
+    import time
+    from qpy import srs
+    control(home, "srs_domain", "srs.test.example\n")
+    control(home, "srs_secrets", "first secret\n")
+    valid = srs.forward_sender(b"alice@orig.example")
+    expired = srs.forward_sender(b"alice@orig.example", time.time() - 30 * 86400)
+    rcpts = [valid, valid.replace(b"=alice@", b"=mallory@"), expired,
+             b"SRS0=abcd@srs.test.example", b"SRS0=abcd@srs.other.example"]
+    with connect(server.host, server.port) as s:
+        s.sendall(qmtp(b"x\n", b"s@x", rcpts))
+        got = replies(s, 5)
+    assert OK.fullmatch(got[0])
+    assert got[1:] == [b"Dforged SRS address (#5.7.1)", b"Dexpired SRS address (#5.7.1)",
+                       b"Dmalformed SRS address (#5.1.1)", NOT_RCPTHOST]
+    [(_, env)] = queued(home).values()
+    assert env.count(b"\0T") == 1           # the queue writer may already have turned it back

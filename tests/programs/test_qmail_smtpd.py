@@ -548,3 +548,97 @@ def test_new_instance_refuses_over_10_mb_with_552(home):
         too_big, b"250 2.1.0 ok", b"250 2.1.5 ok", b"354 go ahead", too_big,
         b"221 2.0.0 test.example", b""]
     assert queued(home) == {}
+
+
+# -- SRS recipients (qpy.srs): refused at RCPT unless they verify --------------------------
+
+def srs_instance(home: Path) -> dict[str, bytes]:
+    """srs.test.example is the SRS domain, in neither rcpthosts nor locals; rcptcheck on.
+    Returns addresses: valid, forged, expired, malformed, one at another domain."""
+    from qpy import srs
+    control(home, "srs_domain", "srs.test.example\n")
+    control(home, "srs_secrets", "first secret\n")
+    control(home, "rcpthosts", "test.example\n")
+    control(home, "rcptcheck", "1\n")
+    valid = srs.forward_sender(b"alice@orig.example")
+    assert valid.startswith(b"SRS0=") and valid.endswith(b"@srs.test.example")
+    return {"valid": valid,
+            "srs1": srs.forward_sender(b"SRS0=abcd=QQ=orig.example=bob@first.example"),
+            "forged": valid.replace(b"=alice@", b"=mallory@"),
+            "expired": srs.forward_sender(b"alice@orig.example", time.time() - 30 * 86400),
+            "malformed": b"SRS0=abcd@srs.test.example",
+            "elsewhere": valid.replace(b"@srs.test.example", b"@srs.other.example")}
+
+
+def test_srs_recipients_checked_at_rcpt(home):
+    a = srs_instance(home)
+    rcpt = b"".join(b"RCPT TO:<%s>\r\n" % a[k] for k in
+                    ("valid", "forged", "expired", "malformed", "elsewhere", "srs1"))
+    result = session(home, b"EHLO c\r\nMAIL FROM:<s@x.example>\r\n" + rcpt
+                     + b"DATA\r\nx: y\r\n.\r\nQUIT\r\n")
+    assert result.stdout.split(b"\r\n")[-11:-3] == [
+        b"250 2.1.0 ok", b"250 2.1.5 ok",
+        b"550 5.7.1 forged SRS address (#5.7.1)", b"550 5.7.1 expired SRS address (#5.7.1)",
+        b"550 5.1.1 malformed SRS address (#5.1.1)",
+        b"553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
+        b"250 2.1.5 ok", b"354 go ahead"]
+    assert result.stdout.split(b"\r\n")[-3].startswith(b"250 2.0.0 ok ")
+    [(_, envelope)] = queued(home).values()
+    assert envelope.count(b"\0T") == 2       # the queue writer may already have turned them back
+
+
+def test_srs_refusal_after_helo_and_case_folded_valid_address(home):
+    a = srs_instance(home)
+    result = session(home, b"HELO c\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<%s>\r\n"
+                     b"RCPT TO:<%s>\r\nQUIT\r\n" % (a["forged"], a["valid"].lower()))
+    assert result.stdout.split(b"\r\n")[2:5] == [
+        b"250 ok", b"550 forged SRS address (#5.7.1)", b"250 ok"]
+
+
+def test_srs_refusals_count_as_errors(home):
+    a = srs_instance(home)
+    control(home, "maxerrors", "2\n")
+    result = session(home, b"HELO c\r\nMAIL FROM:<s@x.example>\r\n"
+                     + b"RCPT TO:<%s>\r\n" % a["forged"] * 3)
+    assert result.stdout.split(b"\r\n")[3:] == [
+        b"550 forged SRS address (#5.7.1)", b"550 forged SRS address (#5.7.1)",
+        b"421 too many errors, closing connection (#4.7.0)", b""]
+
+
+def test_srs_off_leaves_rcpt_to_rcpthosts(home):
+    a = srs_instance(home)
+    os.unlink(home / "control" / "srs_secrets")
+    result = session(home, b"HELO c\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<%s>\r\nQUIT\r\n"
+                     % a["forged"])
+    assert result.stdout.split(b"\r\n")[3] == (
+        b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
+
+
+def test_unreadable_srs_secret_is_421_only_for_srs_recipients(home):
+    a = srs_instance(home)
+    os.unlink(home / "control" / "srs_secrets")
+    os.mkdir(home / "control" / "srs_secrets")
+    result = session(home, b"HELO c\r\nMAIL FROM:<s@x.example>\r\n"
+                     b"RCPT TO:<postmaster@test.example>\r\nRCPT TO:<%s>\r\nQUIT\r\n" % a["valid"])
+    assert result.stdout.split(b"\r\n")[3:] == [
+        b"250 ok", b"421 unable to read controls (#4.3.0)", b""]
+    assert result.returncode == 1
+
+
+def test_privileged_qmaild_reads_the_srs_secret(priv_home):
+    """The secret is qmaild's, group qmail, 0440: qmail-smtpd, qmaild by then, verifies."""
+    import pwd
+    import stat as st
+    from qpy import srs
+    os.chmod(priv_home.parent, 0o755)
+    secret = priv_home / "control" / "srs_secrets"
+    info = secret.stat()
+    assert (info.st_uid, st.S_IMODE(info.st_mode)) == (pwd.getpwnam("qmaild").pw_uid, 0o440)
+    control(priv_home, "rcpthosts", "test.example\n")      # the SRS domain (me) is listed...
+    control(priv_home, "srs_domain", "srs.test.example\n")  # ...this one is not
+    valid = srs.forward_sender(b"alice@orig.example")
+    forged = valid.replace(b"=alice@", b"=mallory@")
+    result = session(priv_home, b"HELO c\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<%s>\r\n"
+                     b"RCPT TO:<%s>\r\nQUIT\r\n" % (valid, forged))
+    assert result.stdout.split(b"\r\n")[2:5] == [
+        b"250 ok", b"250 ok", b"550 forged SRS address (#5.7.1)"], result.stderr
