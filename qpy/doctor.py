@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import dns.exception
+import dns.name
 import dns.resolver
 import dns.reversename
 
@@ -98,7 +99,10 @@ class Lookup:
     """The instance's resolver; every failure but NXDOMAIN and no data is DNSTrouble."""
 
     def __init__(self, timeout: float = TIMEOUT) -> None:
-        self.res = resolver.make_resolver(timeout)
+        try:
+            self.res = resolver.make_resolver(timeout)
+        except ValueError as e:         # an entry that parses but is no address
+            raise DNSTrouble(f"unusable nameservers: {e}") from None
         self.dead: str | None = None
 
     def rdatas(self, name: str, rdtype: str) -> list[Any]:
@@ -107,10 +111,11 @@ class Lookup:
             raise DNSTrouble(self.dead)
         try:
             answer = self.res.resolve(name, rdtype, search=False, raise_on_no_answer=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.name.EmptyLabel,
+                dns.name.LabelTooLong, dns.name.NameTooLong):      # no such name can exist
             return []
         except dns.exception.Timeout:
-            self.dead = f"DNS trouble: no answer for {name} {rdtype} (resolver not answering)"
+            self.dead = f"DNS trouble: the resolver does not answer ({name} {rdtype} timed out)"
             raise DNSTrouble(self.dead) from None
         except dns.resolver.NoNameservers:
             raise DNSTrouble(f"DNS trouble: {name} {rdtype}: every nameserver failed "
@@ -466,6 +471,12 @@ def certificate_names(cert: Any) -> list[str]:
         return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
+def _utc(cert: Any, name: str) -> datetime.datetime:
+    """A validity bound, timezone-aware (``*_utc`` is cryptography 42's; 41 has naive UTC)."""
+    value = getattr(cert, name + "_utc", None)
+    return value if value is not None else getattr(cert, name).replace(tzinfo=datetime.timezone.utc)
+
+
 def check_cert(names: list[str], now: datetime.datetime | None = None) -> Check:
     """control/servercert.pem covers ``names`` and does not expire within CERT_DAYS."""
     from cryptography import x509
@@ -480,7 +491,7 @@ def check_cert(names: list[str], now: datetime.datetime | None = None) -> Check:
     except ValueError:
         return Check(FAIL, "cert", "control/servercert.pem holds no certificate that parses")
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    until, since = cert.not_valid_after_utc, cert.not_valid_before_utc
+    until, since = _utc(cert, "not_valid_after"), _utc(cert, "not_valid_before")
     covered = certificate_names(cert)
     missing = [n for n in names if not any(name_matches(p, n) for p in covered)]
     if until <= now:

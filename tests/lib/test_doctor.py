@@ -61,6 +61,9 @@ def test_spf_lookups_loop_and_redirect_beside_all(home, monkeypatch):
         with pytest.raises(doctor.SpfError, match="includes a.test in a loop"):
             doctor.spf_lookups(look, "a.test", "v=spf1 include:b.test -all")
         assert doctor.spf_lookups(look, "c.test", "v=spf1 redirect=d.test") == 3
+        with pytest.raises(doctor.SpfError, match="include:a..test in the SPF record of e.test: "
+                                                  "no SPF record there"):
+            doctor.spf_lookups(look, "e.test", "v=spf1 include:a..test -all")
 
 
 def test_report_lists_each_fix_once_and_exit_code():

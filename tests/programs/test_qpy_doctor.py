@@ -311,11 +311,15 @@ def test_silent_resolver_gives_dns_trouble_not_a_traceback(site, capsys, monkeyp
     checks = [l for l in lines if l and not l.startswith(";") and "IN " not in l]
     assert all(l.startswith("fail") and "DNS trouble" in l for l in checks
                if not l.startswith(("ok    cert", "warn"))), lines
-    assert line(lines, "fail  mx") .startswith("fail  mx: DNS trouble: no answer for")
+    assert line(lines, "fail  mx").startswith("fail  mx: DNS trouble: the resolver does not answer")
+    assert line(lines, "fail  dmarc").startswith("fail  dmarc: DNS trouble: the resolver does not")
 
 
-def test_usage_and_instance_trouble(site, capsys, tmp_path):
+def test_usage_and_instance_trouble(site, capsys, tmp_path, monkeypatch):
     assert main(["doctor", DOMAIN, "--ip", "not-an-ip", "--home", str(site[0])]) == 100
     assert main(["doctor", "bad domain!", "--home", str(site[0])]) == 100
     assert main(["doctor", DOMAIN, "--home", str(tmp_path / "none")]) == 111
     assert "is not an instance" in capsys.readouterr().err
+    monkeypatch.setenv("QPY_NAMESERVERS", "nameserver.test")
+    assert main(["doctor", DOMAIN, "--ip", IP, "--home", str(site[0])]) == 111
+    assert "unusable nameservers" in capsys.readouterr().err
