@@ -2,17 +2,20 @@
 
 While a message is delivered, every permanent failure appends a block
 ``<recip>:\\n<report>\\n`` to bounce/<id> (``block``/``append``).  When every
-recipient is finished, qmail-send turns the blocks into one bounce message
-(``compose_head`` + the blocks + ``compose_middle`` + the original) and queues
-it through qmail-queue (``inject``).  The wording is fixed: bounce parsers
-match it.
+recipient is finished, qmail-send turns the blocks into one bounce message and
+queues it through qmail-queue (``inject``): with control/bounceformat ``qsbmf``
+qmail's plain text (``compose_head`` + the blocks + ``compose_middle`` + the
+original), by default the RFC 3464 report of ``qpy.dsn`` whose first part is the
+same text up to the separator (``compose_dsn``).  The wording is fixed: bounce
+parsers match it.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
-from qpy import addr, fdio, qmailq, received
+from qpy import addr, dsn, fdio, qmailq, received
 from qpy.errors import TempFail
 
 DOUBLE_BOUNCE_SENDER = b"#@[]"
@@ -31,12 +34,19 @@ class StartError(InjectError):
 
 @dataclass(frozen=True)
 class Settings:
-    """The controls a bounce needs: bouncefrom, bouncehost, doublebounceto@doublebouncehost."""
+    """The controls a bounce needs: bouncefrom, bouncehost, doublebounceto@doublebouncehost,
+    bouncemaxbytes, bounceformat."""
 
     bouncefrom: bytes = b"MAILER-DAEMON"
     bouncehost: bytes = b"bouncehost"
     doublebounceto: bytes = b"postmaster@doublebouncehost"
     maxbytes: int = 0       # bytes of the original message copied (whole lines); 0: all
+    dsn: bool = True        # RFC 3464 multipart/report (qpy.dsn); False: qmail's plain text
+
+
+def dsn_format(value: bytes | None) -> bool:
+    """control/bounceformat: ``qsbmf`` (any case) is qmail's plain text, anything else DSN."""
+    return (value or b"").strip().lower() != b"qsbmf"
 
 
 def strip_vdom_prepend(recip: bytes, virtualdomains: dict[bytes, bytes]) -> bytes:
@@ -102,25 +112,42 @@ def quote2(address: bytes) -> bytes:
     return addr.quote(address) if address else b""
 
 
-def compose_head(settings: Settings, recipient: bytes, double: bool, when: float | None = None) -> bytes:
-    """Header and first paragraph, up to where the bounce/<id> blocks go."""
-    head = (b"Date: " + received.date822(when) + b"\n"
+def header(settings: Settings, recipient: bytes, when: float | None = None) -> bytes:
+    """The bounce's Date, From, To and Subject lines."""
+    return (b"Date: " + received.date822(when) + b"\n"
             b"From: " + addr.quote_local(settings.bouncefrom) + b"@" + settings.bouncehost + b"\n"
             b"To: " + quote2(recipient) + b"\n"
-            b"Subject: failure notice\n"
-            b"\n"
-            b"Hi. This is the qmail-send program at " + settings.bouncehost + b".\n")
+            b"Subject: failure notice\n")
+
+
+def intro(settings: Settings, double: bool) -> bytes:
+    """The first paragraph, up to where the bounce/<id> blocks go."""
+    head = b"Hi. This is the qmail-send program at " + settings.bouncehost + b".\n"
     if double:
         return head + b"I tried to deliver a bounce message to this address, but the bounce bounced!\n\n"
     return head + (b"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
                    b"This is a permanent error; I've given up. Sorry it didn't work out.\n\n")
 
 
+def separator(double: bool) -> bytes:
+    """The line that ends the recipient paragraphs (QSBMF's break paragraph)."""
+    return (b"--- Below this line is the original bounce.\n" if double
+            else b"--- Below this line is a copy of the message.\n")
+
+
+def return_path(sender: bytes) -> bytes:
+    """The Return-Path line the copy of the original starts with."""
+    return b"Return-Path: <" + quote2(sender) + b">\n"
+
+
+def compose_head(settings: Settings, recipient: bytes, double: bool, when: float | None = None) -> bytes:
+    """Header and first paragraph of the QSBMF bounce, up to where the blocks go."""
+    return header(settings, recipient, when) + b"\n" + intro(settings, double)
+
+
 def compose_middle(sender: bytes, double: bool) -> bytes:
     """The separator and the Return-Path line of the copy of the original."""
-    sep = (b"--- Below this line is the original bounce.\n\n" if double
-           else b"--- Below this line is a copy of the message.\n\n")
-    return sep + b"Return-Path: <" + quote2(sender) + b">\n"
+    return separator(double) + b"\n" + return_path(sender)
 
 
 def _copy(job: qmailq.QueueJob, path: str, limit: int = 0) -> None:
@@ -142,10 +169,46 @@ def _copy(job: qmailq.QueueJob, path: str, limit: int = 0) -> None:
         os.close(fd)
 
 
+def _copy_start(job: qmailq.QueueJob, path: str, length: int) -> None:
+    """Feed the first ``length`` bytes of a file to the queue job; OSError if unreadable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while length > 0:
+            chunk = os.read(fd, min(CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            job.put(chunk)
+    finally:
+        os.close(fd)
+
+
+def compose_dsn(bounce_path: str, mess_path: str, sender: bytes, recipient: bytes,
+                settings: Settings, when: float, arrival: float | None = None) -> dsn.Bounce:
+    """The RFC 3464 bounce around qmail's text (qpy.dsn); OSError if a file is unreadable.
+
+    Arrival-Date is ``arrival`` (the message's birth), else mess/<id>'s mtime;
+    Last-Attempt-Date is bounce/<id>'s mtime, when its last block was appended.
+    """
+    double = not sender
+    blocks, last = fdio.read_file(bounce_path, with_mtime=True)
+    if arrival is None:
+        arrival = os.stat(mess_path).st_mtime
+    expired = GIVING_UP.rstrip(b"\n")
+    failures = [dsn.failure(recip, report, expired in report)
+                for recip, report in dsn.blocks(blocks)]
+    status = dsn.delivery_status(settings.bouncehost, arrival, last, failures)
+    text = intro(settings, double) + blocks + separator(double)
+    return dsn.compose(header(settings, recipient, when), text, status,
+                       dsn.is_global(failures), return_path(sender), mess_path,
+                       settings.maxbytes, settings.bouncehost, when)
+
+
 def inject(bounce_path: str, mess_path: str, info_sender: bytes, settings: Settings,
-           when: float | None = None) -> int | None:
+           when: float | None = None, arrival: float | None = None) -> int | None:
     """Queue the bounce for a message; return qmail-queue's pid, or None for a triple bounce.
 
+    ``arrival`` is the message's birth (info/<id>'s mtime) for the DSN's Arrival-Date.
     Raises InjectError (nothing queued) if a file cannot be read or qmail-queue fails.
     """
     sender = original_sender(info_sender)
@@ -154,15 +217,28 @@ def inject(bounce_path: str, mess_path: str, info_sender: bytes, settings: Setti
         return None
     bounce_sender, recipient = env
     double = not sender
+    when = time.time() if when is None else when
+    report = None
+    if settings.dsn:
+        try:
+            report = compose_dsn(bounce_path, mess_path, sender, recipient, settings, when,
+                                 arrival)
+        except OSError as e:
+            raise InjectError(f"unable to read {e.filename or 'a queue file'}") from e
     try:
         job = qmailq.start()
     except OSError as e:
         raise StartError("unable to start qmail-queue") from e
     try:
-        job.put(compose_head(settings, recipient, double, when))
-        _copy(job, bounce_path)
-        job.put(compose_middle(sender, double))
-        _copy(job, mess_path, settings.maxbytes)
+        if report is not None:
+            job.put(report.head)
+            _copy_start(job, mess_path, report.length)
+            job.put(report.tail)
+        else:
+            job.put(compose_head(settings, recipient, double, when))
+            _copy(job, bounce_path)
+            job.put(compose_middle(sender, double))
+            _copy(job, mess_path, settings.maxbytes)
     except OSError as e:
         job.abort()
         raise InjectError(f"unable to read {e.filename or 'a queue file'}") from e

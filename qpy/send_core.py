@@ -47,8 +47,19 @@ def read_controls() -> Controls:
         bounce=bounce.Settings(bouncefrom=control.read_line("bouncefrom") or b"",
                                bouncehost=bouncehost,
                                doublebounceto=(dbto or b"") + b"@" + dbhost,
-                               maxbytes=control.read_int("bouncemaxbytes")),
+                               maxbytes=control.read_int("bouncemaxbytes"),
+                               dsn=bounce.dsn_format(control.read_line("bounceformat"))),
     )
+
+
+def reread_bounceformat(old: bounce.Settings, lg: log.Log) -> bounce.Settings:
+    """HUP: the bounce settings with a fresh bounceformat, or the old ones on trouble."""
+    try:
+        value = control.read_line("bounceformat")
+    except ControlError:
+        lg.alert("unable to reread control/bounceformat")
+        return old
+    return replace(old, dsn=bounce.dsn_format(value))
 
 
 def reread_rewriter(old: Rewriter, lg: log.Log) -> Rewriter:

@@ -71,7 +71,7 @@ class Completion:
             try:
                 with fdio.Suspended():
                     qp = bounce.inject(path, queuedir.mess(msgid), info[0],
-                                       self.core.controls.bounce)
+                                       self.core.controls.bounce, arrival=info[1])
             except bounce.StartError:
                 self.core.log.warning("unable to start qmail-queue, will try later")
                 return False

@@ -4,8 +4,8 @@ SYNOPSIS  qmail-send    (started by qmail-start; fds 0-6 wired as below)
 RUNS AS   qmails, group qmail; cwd QMAILHOME/queue; umask 077.
 FDS       0 log (write) · 1 → qmail-lspawn commands · 2 ← qmail-lspawn reports ·
           3 → qmail-rspawn commands · 4 ← qmail-rspawn reports · 5 → qmail-clean · 6 ← qmail-clean.
-READS     control/ once at start (locals and virtualdomains again on HUP); todo/<id>,
-          info/, local/, remote/, bounce/ and mess/ of the queue; lock/trigger.
+READS     control/ once at start (locals, virtualdomains and bounceformat again on HUP);
+          todo/<id>, info/, local/, remote/, bounce/ and mess/ of the queue; lock/trigger.
 WRITES    info/, local/, remote/, bounce/ files (docs/queue.md §4, §5, §8); log lines on fd 0
           (docs/protocols.md §8); bounce messages through qmail-queue.
 TRUSTS    the queue layout; never the contents of a queue file beyond its format (a bad
@@ -13,7 +13,8 @@ TRUSTS    the queue layout; never the contents of a queue file beyond its format
           their format (slot numbers are checked, reports cut at 10000 bytes).
 SIGNALS   TERM: start nothing new, wait for running deliveries, save retry times as
           the channel files' atime/mtime, log ``status: exiting``, exit 0.
-          ALRM: retry every channel now.  HUP: reread locals and virtualdomains.
+          ALRM: retry every channel now.  HUP: reread locals, virtualdomains and
+          bounceformat (qpy).
 EXIT      0 after TERM (or after losing a spawner or qmail-clean, logged as an alert);
           111 if it cannot start (``alert: cannot start: …``) or on an internal error
           (``alert: oh no! internal error: …``; the queue stays consistent, a supervisor
@@ -47,7 +48,8 @@ from qpy.errors import ControlError, Exit, QmailError
 from qpy.schedule import CHANNELS, SLEEP_FUZZ
 from qpy.send_cleanup import Cleanup
 from qpy.send_comm import Comm, read_limits
-from qpy.send_core import Core, Flags, Wait, read_controls, reread_rewriter
+from qpy.send_core import (Core, Flags, Wait, read_controls, reread_bounceformat,
+                           reread_rewriter)
 from qpy.send_done import Completion
 from qpy.send_info import Messages
 from qpy.send_jobs import Deliveries
@@ -82,7 +84,7 @@ class QmailSend:
         return wait
 
     def signals(self) -> None:
-        """ALRM: every channel due now.  HUP: reread locals and virtualdomains."""
+        """ALRM: every channel due now.  HUP: reread locals, virtualdomains, bounceformat."""
         flags = self.core.flags
         if flags.runasap:
             flags.runasap = False
@@ -90,6 +92,8 @@ class QmailSend:
         if flags.readasap:
             flags.readasap = False
             self.core.rewriter = reread_rewriter(self.core.rewriter, self.core.log)
+            controls = self.core.controls
+            controls.bounce = reread_bounceformat(controls.bounce, self.core.log)
 
     def turn(self) -> None:
         """One loop turn: sleep in select() until something is due, then do it."""

@@ -6,6 +6,8 @@ back with Python's mailbox module.
 """
 from __future__ import annotations
 
+import email
+import email.policy
 import mailbox
 import os
 import re
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import control, need_root, run
+from smtpsink import SMTPSink
 from qpy import qmailq, queuedir
 
 MSG = b"From: joe@test.example\nSubject: hello\n\nline one\nline two\n"
@@ -161,6 +164,7 @@ def test_mbox_through_an_alias_dot_qmail_and_a_logger(home, daemons):
 
 
 def test_unknown_user_bounces_to_the_senders_maildir(home, daemons):
+    control(home, "bounceformat", "qsbmf\n")        # qmail's plain text bounce
     joe = add_user(home, "joe")
     d = daemons()
     queue(MSG, b"joe@test.example", [b"nosuchuser@test.example", b"joe@test.example"])
@@ -180,6 +184,58 @@ def test_unknown_user_bounces_to_the_senders_maildir(home, daemons):
     assert "\n--- Below this line is a copy of the message.\n\nReturn-Path: <joe@test.example>\n" \
         in body
     assert body.endswith(MSG.decode())
+
+
+REJECT = (b"550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+          b"550 5.1.1 Please try double-checking the recipient's email address.")
+
+
+def test_dsn_bounce_of_a_local_and_a_remote_failure_reaches_the_senders_maildir(home, daemons):
+    joe = add_user(home, "joe")
+    with SMTPSink(replies={"RCPT": lambda arg: REJECT if b"bob@" in arg else None}) as sink:
+        control(home, "smtproutes", f"remote.example:127.0.0.1:{sink.port}\n")
+        d = daemons()
+        queue(MSG, b"joe@test.example", [b"nosuchuser@test.example", b"bob@remote.example",
+                                         b"joe@test.example"])
+        d.wait_log(r"^bounce msg \d+ qp \d+$")
+        d.wait_log(r"^end msg", count=2)
+        assert d.stop() == 0
+    raw = {m["Subject"]: m for m in mailbox.Maildir(str(joe / "Maildir"), create=False)}
+    b = email.message_from_bytes(raw["failure notice"].as_bytes(), policy=email.policy.default)
+    assert b["Return-Path"] == "<>" and b["To"] == "joe@test.example"
+    assert b.get_content_type() == "multipart/report"
+    assert b.get_param("report-type") == "delivery-status"
+    text, report, original = b.iter_parts()
+    qsbmf = text.get_content()
+    assert qsbmf.startswith("Hi. This is the qmail-send program at test.example.\n"
+                            "I'm afraid I wasn't able to deliver your message to the following "
+                            "addresses.\nThis is a permanent error; I've given up. Sorry it "
+                            "didn't work out.\n\n<")
+    assert "<nosuchuser@test.example>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n" in qsbmf
+    assert ("<bob@remote.example>:\n127.0.0.1 does not like recipient.\nRemote host said: "
+            "550-5.1.1 The email account that you tried to reach does not exist.\n"
+            "550 5.1.1 Please try double-checking the recipient's email address.\n"
+            "Giving up on 127.0.0.1.\n\n") in qsbmf
+    assert qsbmf.endswith("\n--- Below this line is a copy of the message.\n")
+    assert report.get_content_type() == "message/delivery-status"
+    per_message, *groups = report.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; test.example"
+    assert per_message["Arrival-Date"].endswith(" -0000")
+    found = {g["Final-Recipient"]: g for g in groups}
+    local = found["rfc822; nosuchuser@test.example"]
+    assert (local["Action"], local["Status"], local["Remote-MTA"]) == ("failed", "5.1.1", None)
+    assert local["Diagnostic-Code"] == "x-unix; Sorry, no mailbox here by that name. (#5.1.1)"
+    remote = found["rfc822; bob@remote.example"]
+    assert (remote["Action"], remote["Status"]) == ("failed", "5.1.1")
+    assert remote["Remote-MTA"] == "dns; 127.0.0.1"
+    assert remote["Diagnostic-Code"] == (
+        "smtp; 550-5.1.1 The email account that you tried to reach does not exist. "
+        "550 5.1.1 Please try double-checking the recipient's email address.")
+    assert len(groups) == 2 and all(g["Last-Attempt-Date"] for g in groups)
+    assert original.get_content_type() == "message/rfc822"
+    (inner,) = original.get_payload()
+    assert inner["Return-Path"] == "<joe@test.example>" and inner["Subject"] == "hello"
+    assert inner.as_bytes().endswith(MSG)
 
 
 def test_temporary_failure_is_retried_after_alarm(home, daemons):
@@ -212,9 +268,13 @@ def test_expired_message_bounces_with_the_lifetime_line(home, daemons):
     d.wait_log(r"^end msg", count=2)
     assert d.stop() == 0
     (b,) = maildir(joe)
-    assert "<pat@test.example>:\n" in b.get_payload()
+    dsn = email.message_from_bytes(b.as_bytes(), policy=email.policy.default)
+    text, report, _ = dsn.iter_parts()
+    assert "<pat@test.example>:\n" in text.get_content()
     assert "I'm not going to try again; this message has been in the queue too long.\n" \
-        in b.get_payload()
+        in text.get_content()
+    (group,) = report.get_payload()[1:]
+    assert group["Status"] == "5.4.7"       # delivery time expired
 
 
 def test_exec_mode_behaves_the_same(home, daemons):

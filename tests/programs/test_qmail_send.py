@@ -11,6 +11,8 @@ of the bounces it queues, and its log.
 """
 from __future__ import annotations
 
+import email
+import email.policy
 import fcntl
 import json
 import os
@@ -331,6 +333,7 @@ BOUNCE_HEAD = re.compile(
 
 
 def test_permanent_failures_make_one_bounce_after_every_recipient(home, send_factory):
+    control(home, "bounceformat", "qsbmf\n")        # qmail's bounce, byte for byte
     control(home, "virtualdomains", "virt.example:pre\n")
     msgid = queue(MSG, b"snd@remote.example", [b"perm@test.example", b"ok@test.example",
                                                b"blank@virt.example", b"huge@remote.example"])
@@ -375,7 +378,75 @@ def test_permanent_failures_make_one_bounce_after_every_recipient(home, send_fac
     assert queue_files(home) == []
 
 
+def parse(data: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def test_dsn_bounce_by_default_with_qmails_text_first(home, send_factory):
+    control(home, "virtualdomains", "virt.example:pre\n")
+    msgid = queue(MSG, b"snd@remote.example", [b"perm@test.example", b"ok@test.example",
+                                               b"blank@virt.example", b"huge@remote.example"])
+    s = send_factory()
+    s.wait_log(r"^bounce msg %d qp \d+$" % msgid)
+    s.wait_log(r"^end msg", count=2)
+    assert s.stop() == 0
+    (bounce,) = [m for m in s.msgs(1) if m[1] == b"snd@remote.example"]
+    assert bounce[0] == b""
+    m = parse(bounce[2])
+    assert m.get_content_type() == "multipart/report"
+    assert m.get_param("report-type") == "delivery-status"
+    assert (m["From"], m["To"], m["Subject"]) == ("MAILER-DAEMON@test.example",
+                                                 "snd@remote.example", "failure notice")
+    text, report, original = m.iter_parts()
+    body = text.get_content().encode()
+    assert body.startswith(b"Hi. This is the qmail-send program at test.example.\n"
+                           b"I'm afraid I wasn't able to deliver your message to the following "
+                           b"addresses.\nThis is a permanent error; I've given up. Sorry it didn't "
+                           b"work out.\n\n<")
+    assert body.endswith(b"\n\n--- Below this line is a copy of the message.\n")
+    blocks = body.split(b"\n\n<", 1)[1].split(b"--- Below")[0]
+    assert set((b"<" + blocks).split(b"<")[1:]) == {
+        b"perm@test.example>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n",
+        b"blank@virt.example>:\nfirst\n/second\n\n",
+        b"huge@remote.example>:\n" + b"y" * 9998 + b"\n\n"}
+    assert report.get_content_type() == "message/delivery-status"
+    per_message, *groups = report.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; test.example"
+    found = {g["Final-Recipient"]: g for g in groups}
+    assert sorted(found) == ["rfc822; blank@virt.example", "rfc822; huge@remote.example",
+                             "rfc822; perm@test.example"]
+    assert all(g["Action"] == "failed" and g["Last-Attempt-Date"] for g in groups)
+    perm = found["rfc822; perm@test.example"]
+    assert perm["Status"] == "5.1.1"
+    assert perm["Diagnostic-Code"] == "x-unix; Sorry, no mailbox here by that name. (#5.1.1)"
+    huge = found["rfc822; huge@remote.example"]
+    assert huge["Status"] == "5.0.0"
+    assert huge["Diagnostic-Code"] == "x-unix; " + "y" * 900     # one word, cut
+    assert original.get_content_type() == "message/rfc822"
+    (inner,) = original.get_payload()
+    assert inner.as_bytes() == b"Return-Path: <snd@remote.example>\n" + s.msgs(0)[0][2]
+
+
+def test_hup_rereads_bounceformat(home, send_factory):
+    s = send_factory()
+    s.wait_log(r"^status:")
+    first = queue_live(s, MSG, b"joe@a.example", [b"perm@test.example"])
+    s.wait_log(r"^bounce msg %d qp" % first)
+    s.wait_log(r"^end msg", count=2)
+    control(home, "bounceformat", "qsbmf\n")
+    s.signal(signal.SIGHUP)
+    queue_live(s, MSG, b"joe@a.example", [b"perm@test.example"])
+    s.wait_log(r"^bounce msg", count=2)
+    s.wait_log(r"^end msg", count=4)
+    assert s.stop() == 0
+    dsn, qsbmf = [m[2] for m in s.msgs(1)]
+    assert parse(dsn).get_content_type() == "multipart/report"
+    assert b"\nMIME-Version" not in qsbmf and parse(qsbmf).get_content_type() == "text/plain"
+    assert b"\n\nHi. This is the qmail-send program at test.example.\n" in qsbmf
+
+
 def test_bounce_of_a_bounce_goes_to_postmaster_and_a_third_is_dropped(home, send_factory):
+    control(home, "bounceformat", "qsbmf\n")
     first = queue(MSG, b"", [b"perm@test.example"])
     s = send_factory()
     s.wait_log(r"^bounce msg %d qp" % first)
