@@ -37,8 +37,8 @@ EXPIRED_STATUS = b"5.4.7"   # RFC 3463 "delivery time expired"
 
 _SAID = b"Remote host said: "
 _REPLY_LINE = re.compile(rb"\d{3}[ -]")
-_REPLY_STATUS = re.compile(rb"^\d{3}[ -](5\.\d{1,3}\.\d{1,3})(?![\d.])")
-_HASH_STATUS = re.compile(rb"#(5\.\d{1,3}\.\d{1,3})(?![\d.])")
+_REPLY_STATUS = re.compile(rb"^\d{3}[ -](5\.\d{1,3}\.\d{1,3})(?!\.?\d)")
+_HASH_STATUS = re.compile(rb"#(5\.\d{1,3}\.\d{1,3})(?!\.?\d)")
 # qmail-remote's report lines that name the server's address (qpy/programs/qmail_remote.py)
 _REMOTE = re.compile(rb"^(?:Connected to (\S+) but "
                      rb"|(\S+) (?:does not like recipient|failed on DATA command"
@@ -245,7 +245,6 @@ class Original:
     whole: bool         # the whole message, else its header lines only
     eightbit: bool
     found: frozenset[bytes]
-    mtime: float
 
 
 def survey(path: str, maxbytes: int, candidates: list[bytes]) -> Original:
@@ -253,15 +252,15 @@ def survey(path: str, maxbytes: int, candidates: list[bytes]) -> Original:
     that fit; OSError if it cannot be read."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        st = os.fstat(fd)
-        if not maxbytes or st.st_size <= maxbytes:
-            s = scan(fd, st.st_size, candidates)
-            return Original(st.st_size, True, s.eightbit, frozenset(s.found), st.st_mtime)
+        size = os.fstat(fd).st_size
+        if not maxbytes or size <= maxbytes:
+            s = scan(fd, size, candidates)
+            return Original(size, True, s.eightbit, frozenset(s.found))
         first = scan(fd, maxbytes, candidates)
         length = first.header_len if first.header_len is not None else first.last_nl
         os.lseek(fd, 0, os.SEEK_SET)
         s = scan(fd, length, candidates)
-        return Original(length, False, s.eightbit, frozenset(s.found), st.st_mtime)
+        return Original(length, False, s.eightbit, frozenset(s.found))
     finally:
         os.close(fd)
 

@@ -58,6 +58,7 @@ def test_remote_host_from_qmail_remotes_words(report, host):
     (b"program said 5.1.1 without a hash", b"5.0.0"),
     (b"The address is (#5.1.10) long", b"5.1.10"),
     (b"(#5.1.1.2) is no code", b"5.0.0"),
+    (b"x.\nRemote host said: 550 5.1.1. Unknown user", b"5.1.1"),
 ])
 def test_status(report, status):
     assert dsn.failure(b"a@b", report).status == status
