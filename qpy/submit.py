@@ -32,7 +32,7 @@ import os
 from collections.abc import Mapping
 
 from qpy import control, dkimkeys
-from qpy.errors import QueueFail
+from qpy.errors import QmailError, QueueFail
 from qpy.exitcodes import QQ
 
 SIGN = 1
@@ -46,6 +46,20 @@ SIGNED = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to"
           b"content-transfer-encoding", b"list-id", b"list-help", b"list-unsubscribe",
           b"list-unsubscribe-post", b"list-subscribe", b"list-post", b"list-owner",
           b"list-archive")
+
+
+def preload() -> None:
+    """In a long-lived parent of writers: import the signing libraries (~100 ms) once, if
+    this instance signs at all, so each forked writer does not pay for them again."""
+    try:
+        if dkimkeys.selectors():
+            import dkim  # noqa: F401
+            import nacl.signing  # noqa: F401
+            from cryptography.hazmat.primitives import serialization  # noqa: F401
+            from email import utils  # noqa: F401
+            from qpy import resolver  # noqa: F401
+    except (ImportError, OSError, QmailError):
+        pass                        # the writer will say what is wrong, per message
 
 
 def from_env(env: Mapping[bytes, bytes] | None = None) -> int:
@@ -147,6 +161,8 @@ def sign(message: bytes) -> bytes:
 
     Raises dkimkeys.BadKey for a configured key that cannot be read or used.
     """
+    if not dkimkeys.selectors():
+        return b""                  # nothing configured: no parsing, no import
     import dkim
     fields = header_fields(message)
     author = author_domain(fields)
@@ -192,11 +208,11 @@ def seal(message: bytes) -> bytes:
     The results are ours, checked now: the ARC chain the message has (arc=), and each
     DKIM signature (dkim=); RFC 8617 §5.1.  DNS through qpy.resolver.
     """
-    import dkim
-    from qpy import resolver
     key = sealer()
     if key is None:
         return b""
+    import dkim
+    from qpy import resolver
     dnsfunc = resolver.txt_lookup()
     data = wire(message)
     try:

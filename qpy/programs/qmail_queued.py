@@ -249,4 +249,5 @@ def main(argv: list[str] | None = None) -> int:
     except (Exit, OSError, prot.TempFail) as e:
         log(f"fatal: {e}")
         return 111
+    submit.preload()        # each child signs without importing dkimpy again
     return service.serve()

@@ -522,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             warm.preload("qmail-queue")   # our servers queue through a warm qmail-queue child
             from qpy import queuewrite    # ... or write the queue in-process (qpy.qmailq)
             queuewrite.prepare()
+            from qpy import submit        # ... which signs relay clients' mail
+            submit.preload()
         except ImportError:
             pass
     server = Server(sock, opts, prog, log)
