@@ -24,7 +24,6 @@ import pwd
 import re
 import smtplib
 import time
-from pathlib import Path
 
 import pytest
 
