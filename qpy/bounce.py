@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from qpy import addr, dsn, fdio, qmailq, received
+from qpy import addr, dsn, fdio, qmailq, received, submit
 from qpy.errors import TempFail
 
 DOUBLE_BOUNCE_SENDER = b"#@[]"
@@ -226,7 +226,7 @@ def inject(bounce_path: str, mess_path: str, info_sender: bytes, settings: Setti
         except OSError as e:
             raise InjectError(f"unable to read {e.filename or 'a queue file'}") from e
     try:
-        job = qmailq.start()
+        job = qmailq.start(submit.SIGN)     # our own mail: DKIM-signed as bouncehost's domain
     except OSError as e:
         raise StartError("unable to start qmail-queue") from e
     try:

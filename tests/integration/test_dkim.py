@@ -245,3 +245,20 @@ def test_privileged_keys_are_qmailq_only_and_the_flags_cross_to_qmail_queued(pri
     assert r.returncode == 0, r.stderr
     counts = sorted(len(signatures(m)) for m in queued(priv_home))
     assert counts == [0, 1, 1]
+
+
+def test_qmail_sends_bounces_are_signed_as_bouncehost(home, signer, monkeypatch):
+    from qpy import bounce
+    control(home, "bouncehost", "mail.example.org\n")    # signed by its parent, example.org
+    q = home / "queue"
+    monkeypatch.chdir(q)
+    (q / "mess" / "0").mkdir(exist_ok=True)
+    (q / "mess" / "0" / "23").write_bytes(b"Received: x\nSubject: hi\n\nbody\n")
+    (q / "bounce" / "23").write_bytes(bounce.block(b"bob@b.example", b"no such user"))
+    settings = bounce.Settings(bouncehost=b"mail.example.org", doublebounceto=b"pm@example.org")
+    assert bounce.inject("bounce/23", "mess/0/23", b"joe@a.example", settings) > 0
+    (mess,) = [m for m in queued(home) if b"\nFrom: MAILER-DAEMON@mail.example.org\n" in m]
+    assert len(signatures(mess)) == 2 and b"d=example.org" in signatures(mess)[0]
+    with DNSServer(signer) as dns:
+        lines = perl_verify(relay(home, mess), dns.port)
+    assert "sig example.org s1 rsa-sha256 pass" in lines and lines[-1] == "result pass", lines
