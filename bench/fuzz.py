@@ -404,9 +404,9 @@ def fuzz_envelope(data: bytes) -> None:
     maildrop = M["maildrop"]
     head = body[:maildrop.HEADER_LEN]
     try:
-        n = maildrop.parse_header(head, len(body))
-        assert 0 <= n and maildrop.HEADER_LEN + n < len(body)
-        assert maildrop.header(n) == head, "drop header does not round-trip"
+        n, flags = maildrop.parse_header(head, len(body))
+        assert 0 <= n and maildrop.HEADER_LEN + n < len(body) and 0 <= flags <= 3
+        assert maildrop.header(n, flags) == head, "drop header does not round-trip"
     except maildrop.Malformed:
         pass
 

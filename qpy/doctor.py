@@ -23,7 +23,8 @@ lines (``;`` lines are advice) that would fix it.
 - dmarc     one v=DMARC1 record at _dmarc (v first, p= none|quarantine|reject, tags valid)
 - cert      control/servercert.pem covers the MX names that are this host (else me): SAN
             DNS names, CN only without SAN, a wildcard for exactly one left-most label; an
-            expired certificate fails, one that expires within 21 days warns
+            expired certificate fails, and so does one that expires within 21 days (an
+            ACME client renews 30 days ahead: one this close means renewal is failing)
 - mta-sts, tls-rpt   if published: RFC 8461 / RFC 8460 syntax (the policy is not fetched)
 
 The records' syntax is qpy.authrecords'.  Without a domain named, the domains checked are
@@ -503,8 +504,8 @@ def check_cert(names: list[str], now: datetime.datetime | None = None) -> Check:
                                    f"not {', '.join(missing)}")
     left = (until - now).days
     if left < CERT_DAYS:
-        return Check(WARN, "cert", f"the certificate for {', '.join(names)} expires on "
-                                   f"{until:%Y-%m-%d}, in {left} days")
+        return Check(FAIL, "cert", f"the certificate for {', '.join(names)} expires on "
+                                   f"{until:%Y-%m-%d}, in {left} days: renew it")
     return Check(OK, "cert", f"the certificate covers {', '.join(names)} until {until:%Y-%m-%d}")
 
 

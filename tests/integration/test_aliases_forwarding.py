@@ -9,7 +9,7 @@ import mailbox
 import os
 import subprocess
 
-from conftest import run
+from conftest import run, unsrs
 
 MESSAGE = b"Subject: e2e\n\nhello\n"
 DEFAULT_DELIVERY = "|dot-forward .forward\n./Maildir/\n"
@@ -55,7 +55,7 @@ def test_dot_forward_then_maildir(home, tmp_path):
     assert r.returncode == 0, r.stderr
     assert len(mailbox.Maildir(str(homedir / "Maildir"), create=False)) == 1
     [(mess, sender, rcpts)] = queued(home)
-    assert (sender, rcpts) == (b"Fs@x.y", [b"Taway@elsewhere.example"])
+    assert (unsrs(sender[1:]), rcpts) == (b"s@x.y", [b"Taway@elsewhere.example"])
     assert mess == b"Delivered-To: joe@test.example\n" + MESSAGE
     # Forward and keep a copy (\joe): both happen.
     (homedir / ".forward").write_bytes(b"\\joe, copy@elsewhere.example\n")

@@ -262,3 +262,27 @@ def test_qmail_sends_bounces_are_signed_as_bouncehost(home, signer, monkeypatch)
     with DNSServer(signer) as dns:
         lines = perl_verify(relay(home, mess), dns.port)
     assert "sig example.org s1 rsa-sha256 pass" in lines and lines[-1] == "result pass", lines
+
+
+ACCEPT_ALICE = ("import os, sys\n"
+                "user, password = os.read(3, 1024).split(b'\\0')[:2]\n"
+                "sys.exit(0 if (user, password) == (b'alice', b'secret') else 1)\n")
+
+
+def test_smtp_after_auth_is_signed(home, signer, tmp_path):
+    import base64
+    import sys
+    script = tmp_path / "checkpassword"
+    script.write_text(ACCEPT_ALICE)
+    login = base64.b64encode(b"\0alice\0secret")
+    message = (HEAD + b"\n" + BODY).replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+    dialogue = (b"EHLO client.example\r\nAUTH PLAIN " + login + b"\r\nMAIL FROM:<alice@example.org>\r\n"
+                b"RCPT TO:<bob@example.net>\r\nDATA\r\n" + message + b".\r\nQUIT\r\n")
+    r = run(home, "qmail-smtpd", input=dialogue,
+            env={"TCPREMOTEIP": "127.0.0.1", "TCPLOCALIP": "127.0.0.1", "TCPLOCALPORT": "587",
+                 "CHECKPASSWORD": f"{sys.executable} {script} /bin/true"})
+    assert b"\r\n235 " in r.stdout and b"\r\n250 2.0.0 ok " in r.stdout, r.stdout
+    (mess,) = queued(home)
+    assert b"with ESMTPA" in mess and len(signatures(mess)) == 2
+    with DNSServer(signer) as dns:
+        assert perl_verify(relay(home, mess), dns.port)[-1] == "result pass"

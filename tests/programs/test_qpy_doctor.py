@@ -258,12 +258,12 @@ def test_expired_certificate(site, capsys, monkeypatch):
     assert records(lines) == []
 
 
-def test_certificate_expiring_within_21_days_warns(site, capsys, monkeypatch):
+def test_certificate_expiring_within_21_days_fails(site, capsys, monkeypatch):
     control(site[0], "servercert.pem", make_cert([f"*.{DOMAIN}"], days_to=10))
     code, lines = doctor(site, capsys, monkeypatch)
-    assert code == 0
-    assert re.fullmatch(rf"warn  cert: the certificate for {MX} expires on \S+, in 9 days",
-                        line(lines, "warn  cert"))
+    assert code == 1
+    assert re.fullmatch(rf"fail  cert: the certificate for {MX} expires on \S+, in 9 days: renew it",
+                        line(lines, "fail  cert"))
 
 
 def test_certificate_for_another_name(site, capsys, monkeypatch, certificate):
