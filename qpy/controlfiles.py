@@ -59,6 +59,7 @@ QUALIFY = ("qmail-inject", "newaliases", "fastforward", "dot-forward", "sendmail
 REWRITE = ("qmail-send", "qmail-smtpd", "sendmail")   # qpy.rewrite; qmail-smtpd with rcptcheck
 SERVERS = ("qmail-smtpd", "qmail-qmtpd")
 QUEUE = ("qmail-queue",)                              # the queue writer, in any process
+DOCTOR = ("qpy",)                                     # qpy doctor, qpy dkim
 
 # qmail-showctl's order: qmail's files (rcpthosts before morercpthosts), then qpy's own,
 # then the conventional files that no program reads.
@@ -99,7 +100,7 @@ FILES: tuple[ControlFile, ...] = (
     ControlFile("envnoathost", "line", b"envnoathost", REWRITE,
                 "domain appended to an envelope recipient without `@`",
                 me=True, show="Presumed domain name is {}."),
-    ControlFile("helohost", "line", None, REMOTE,
+    ControlFile("helohost", "line", None, REMOTE + DOCTOR,
                 "qmail-remote's HELO argument",
                 me=True, required=True, show="SMTP client HELO host name is {}."),
     ControlFile("idhost", "line", b"idhost", INJECT,
@@ -108,13 +109,13 @@ FILES: tuple[ControlFile, ...] = (
     ControlFile("localiphost", "line", None, SMTPD,
                 "replaces `[own IP]` as a recipient's domain",
                 me=True, show="Local IP address becomes {}."),
-    ControlFile("locals", "list", None, tuple(dict.fromkeys(REWRITE + QUALIFY)),
+    ControlFile("locals", "list", None, tuple(dict.fromkeys(REWRITE + QUALIFY + QUEUE)),
                 "domains delivered locally (and hosts the address completion leaves alone)",
                 me=True, required=True, show="Messages for {} are delivered locally.",
                 absent="Messages for me are delivered locally."),
     ControlFile("me", "line", None,
                 ("qmail-send", "qmail-smtpd", "qmail-remote", "qmail-inject", "newaliases",
-                 "fastforward", "dot-forward", "qpy"),
+                 "fastforward", "dot-forward", "qpy", "qmail-queue"),
                 "this host's fully qualified name; the default of the files marked me",
                 show="My name is {}.", absent="My name is undefined! Uh-oh."),
     ControlFile("percenthack", "list", None, REWRITE,
@@ -156,12 +157,13 @@ FILES: tuple[ControlFile, ...] = (
     ControlFile("timeoutsmtpd", "int", 1200, SMTPD,
                 "seconds qmail-smtpd waits for each read (0 → 1)",
                 show="SMTP server data timeout is {} seconds.", initial=300),
-    ControlFile("virtualdomains", "map", None, REWRITE,
+    ControlFile("virtualdomains", "map", None, REWRITE + QUEUE,
                 "`domain:prefix` or `user@domain:prefix`: deliver locally to `prefix-address`;"
                 " an empty prefix is an exception",
                 show="Virtual domain: {}", absent="No virtual domains."),
     # qpy's own
-    ControlFile("nameservers", "list", None, ("qmail-remote", "tcpserver", "rblsmtpd"),
+    ControlFile("nameservers", "list", None,
+                ("qmail-remote", "tcpserver", "rblsmtpd") + QUEUE + DOCTOR,
                 "DNS servers (`ip`, `ip:port`, `[ipv6]:port`), one a line; $QPY_NAMESERVERS"
                 " overrides; no file = the system's resolver configuration",
                 show="Name server: {}.", absent="Using the system resolver configuration."),
@@ -198,32 +200,32 @@ FILES: tuple[ControlFile, ...] = (
                 "SMTP AUTH's checkpassword program and its arguments; $CHECKPASSWORD overrides",
                 show="SMTP AUTH checkpassword command: {}.",
                 absent="SMTP AUTH checkpassword command: none."),
-    ControlFile("servercert.pem", "pem", None, SMTPD,
+    ControlFile("servercert.pem", "pem", None, SMTPD + DOCTOR,
                 "certificate chain and key for STARTTLS; no file, no STARTTLS",
                 show="STARTTLS certificate present.", absent="No STARTTLS."),
     # sending on behalf of our users (qpy.dkimkeys, qpy.srs, qpy.bounce): the names of the
     # s/qmail DKIM patch (dkimdomains, domainkeys/) and of the qmail SRS patch (srs_*)
-    ControlFile("dkimdomains", "list", None, QUEUE,
+    ControlFile("dkimdomains", "list", None, QUEUE + DOCTOR,
                 "`domain:selector[,selector2]`: the selectors whose keys in"
                 " control/domainkeys/<domain>/ sign mail whose From: is in that domain"
                 " (qpy dkim keygen writes it); no line, no signature",
                 show="DKIM signing: {}.", absent="No DKIM signing."),
-    ControlFile("domainkeys", "dir", None, QUEUE,
+    ControlFile("domainkeys", "dir", None, QUEUE + DOCTOR,
                 "`domainkeys/<domain>/<selector>`: a DKIM private key (PEM, RSA or Ed25519),"
                 " readable only by the queue's owner; `<selector>.pub` its TXT record",
                 show="DKIM keys present.", absent="No DKIM keys."),
-    ControlFile("authservid", "line", None, ("qmail-smtpd", "qmail-queue"),
+    ControlFile("authservid", "line", None, QUEUE,
                 "the authserv-id of our Authentication-Results and ARC seals",
                 me=True, show="Authentication-Results authserv-id is {}."),
-    ControlFile("srs_domain", "line", None, QUEUE + SMTPD,
+    ControlFile("srs_domain", "line", None, QUEUE + SERVERS,
                 "the domain of SRS addresses (SRS0=…@it) given to forwarded mail's senders;"
                 " no file, no SRS",
                 show="Forwarded senders are rewritten to SRS addresses at {}.",
                 absent="No SRS: forwards keep their sender."),
-    ControlFile("srs_secrets", "secret", None, QUEUE + SMTPD,
+    ControlFile("srs_secrets", "secret", None, QUEUE + SERVERS,
                 "SRS secrets, one a line: the first signs, every one is accepted (rotation)",
                 show="SRS secrets present.", absent="No SRS secret: SRS is off."),
-    ControlFile("srs_maxage", "int", 21, QUEUE + SMTPD,
+    ControlFile("srs_maxage", "int", 21, QUEUE + SERVERS,
                 "days an SRS address stays valid for bounces",
                 show="SRS addresses are valid for {} days."),
     ControlFile("bounceformat", "line", b"dsn", SEND,

@@ -205,4 +205,4 @@ def test_docs_table_has_one_row_per_file():
     named = [row.split(" | ")[0][2:] for row in rows]
     assert [f.name for f in FILES] == [n for n in named if n in BY_NAME]
     assert "| bouncehost | line | me, else `bouncehost` | qmail-send |" in controlfiles.markdown()
-    assert "| helohost | line | me (*required*) | qmail-remote |" in controlfiles.markdown()
+    assert "| helohost | line | me (*required*) | qmail-remote, qpy |" in controlfiles.markdown()
