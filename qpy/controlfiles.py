@@ -232,6 +232,35 @@ FILES: tuple[ControlFile, ...] = (
                 "`dsn`: bounces are RFC 3464 multipart/report with qmail's text first;"
                 " `qsbmf`: qmail's plain text bounce only",
                 show="Bounce format is {}."),
+    # receiving: what qmail-smtpd checks about a client (qpy.dnsbudget, issue 17); spfbehavior
+    # and spfexp are the qmail SPF patch's
+    ControlFile("timeoutdns", "int", 5, SMTPD + QUEUE,
+                "seconds one DNS question may take in qmail-smtpd's checks and a forward's sealing",
+                show="DNS questions time out after {} seconds."),
+    ControlFile("dnsbudget", "int", 30, SMTPD + QUEUE,
+                "seconds of DNS one message may use in all; then every further lookup is a"
+                " temporary failure (4xx, never 5xx)",
+                show="Each message may spend {} seconds on DNS."),
+    ControlFile("spfbehavior", "int", 0, SMTPD,
+                "SPF on MAIL FROM (HELO for <>): 0 off, 1 header only, 2 and 451 on DNS"
+                " trouble, 3 and 550 on fail, 4 also softfail, 5 also neutral, 6 anything but"
+                " pass; $SPFBEHAVIOR overrides",
+                show="SPF behavior is {}."),
+    ControlFile("spfexp", "line", None, SMTPD,
+                "the SPF explanation (macros as RFC 7208 §7) when the domain gives none",
+                show="SPF explanation: {}.", absent="SPF explanation: the built-in one."),
+    ControlFile("dmarcenforce", "int", 0, SMTPD,
+                "0 annotate only; 1 honour DMARC p=reject (550 5.7.1 after DATA) and"
+                " p=quarantine (a header for .qmail filters)",
+                show="DMARC policies are enforced (1 = yes): {}."),
+    ControlFile("helocheck", "int", 0, SMTPD,
+                "1 refuse a HELO that is neither an FQDN nor an address literal; 2 refuse a HELO"
+                " naming this host from a non-local client; 3 both",
+                show="HELO checks: {} (1 syntax, 2 our name, 3 both)."),
+    ControlFile("senderdomaincheck", "int", 0, SMTPD,
+                "1 refuse a MAIL FROM domain without MX, A or AAAA (550 on NXDOMAIN, 450 while"
+                " DNS fails)",
+                show="Sender domains must exist in DNS (1 = yes): {}."),
     ControlFile("tcp.smtp.cdb", "cdb", None, ("tcpserver",),
                 "the SMTP service's tcprules, built by tcprules; `tcpserver -x` in qpy install's"
                 " run script"),

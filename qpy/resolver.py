@@ -8,11 +8,7 @@ the file), so tests and sites can point qmail-remote and rblsmtpd at any server.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
-import dns.exception
-import dns.name
-import dns.rdatatype
 import dns.resolver
 
 from qpy import control
@@ -71,24 +67,3 @@ def make_resolver(timeout: float = 30.0) -> dns.resolver.Resolver:
     res.cache = None
     return res
 
-
-def txt_lookup(timeout: float = 5.0) -> Callable[..., bytes | None]:
-    """dkimpy's ``dnsfunc`` on the configured servers: ``f(name, timeout=5)`` → the first TXT
-    record's strings joined, None when there is none; a timeout raises dkim.DnsTimeoutError."""
-    res = make_resolver(timeout)
-
-    def get_txt(name: bytes | str, timeout: float = timeout) -> bytes | None:
-        import dkim
-        qname = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        try:
-            answer = res.resolve(qname, "TXT", raise_on_no_answer=False, lifetime=timeout)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoNameservers, dns.name.LabelTooLong,
-                dns.name.EmptyLabel):
-            return None
-        except dns.exception.Timeout as e:
-            raise dkim.DnsTimeoutError(str(e))
-        for rrset in answer.response.answer:
-            if rrset.rdtype == dns.rdatatype.TXT:
-                return b"".join(list(rrset.items)[0].strings)
-        return None
-    return get_txt

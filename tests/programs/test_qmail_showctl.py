@@ -83,7 +83,9 @@ EVERY = {
     "maxjunk": b"50\n", "maxauthfail": b"4\n", "authfaildelay": b"1\n",
     "dkimdomains": b"a.example:s1,s2\n", "authservid": b"mx.example\n",
     "srs_domain": b"srs.example\n", "srs_secrets": b"do not print me\n", "srs_maxage": b"7\n",
-    "bounceformat": b"qsbmf\n",
+    "bounceformat": b"qsbmf\n", "timeoutdns": b"3\n", "dnsbudget": b"12\n", "spfbehavior": b"3\n",
+    "spfexp": b"go away %{i}\n", "dmarcenforce": b"1\n", "helocheck": b"3\n",
+    "senderdomaincheck": b"1\n",
 }
 
 
