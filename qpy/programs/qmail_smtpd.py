@@ -79,7 +79,7 @@ import stat
 import sys
 import time
 
-from qpy import auto, control, qmailq, received, sasl, scan, smtpio, srs, submit
+from qpy import auto, control, qmailq, received, sasl, scan, smtpio, spfcheck, srs, submit
 from qpy.errors import Exit, QmailError
 from qpy.rcpthosts import RcptHosts
 from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
@@ -246,6 +246,7 @@ class Session:
         self.esmtp = False           # replies carry enhanced status codes
         self.sender: bytes | None = None
         self.rcpts: list[bytes] = []
+        self.spf: spfcheck.Verdict | None = None
         self.barf = False
         self.utf8 = False
         self.authed: bytes | None = None
@@ -319,6 +320,7 @@ class Session:
         self.barf = self.cfg.in_badmailfrom(address)
         self.sender = address
         self.rcpts = []
+        self.spf = None             # a qpy.spfcheck.Verdict once checked (issue 17)
         self.utf8 = b"SMTPUTF8" in params
         self.reply(b"250 ok", b"2.1.0")
 
