@@ -33,12 +33,15 @@ class Budget:
     def __init__(self, total: float | None = None, per_lookup: float | None = None) -> None:
         self.total = float(control.read_int("dnsbudget") if total is None else total)
         self.per_lookup = float(control.read_int("timeoutdns") if per_lookup is None else per_lookup)
-        self.deadline = time.monotonic() + self.total
+        self.spent = 0.0            # seconds spent waiting for DNS so far
         self._resolver: dns.resolver.Resolver | None = None
 
     def remaining(self) -> float:
-        """Seconds left for DNS in this message (never negative)."""
-        return max(0.0, self.deadline - time.monotonic())
+        """Seconds left for DNS in this message (never negative).
+
+        Only time spent in lookups counts, not the client's: a budget made at MAIL
+        still has its seconds after a DATA that took minutes to arrive."""
+        return max(0.0, self.total - self.spent)
 
     def lifetime(self) -> float:
         """The time the next lookup may take; Spent if none is left."""
@@ -58,8 +61,12 @@ class Budget:
         res = self.resolver()
         lifetime = self.lifetime()
         res.timeout = min(res.timeout, lifetime)
-        return res.resolve(name, rdtype, lifetime=lifetime, raise_on_no_answer=raise_on_no_answer,
-                           search=False)
+        start = time.monotonic()
+        try:
+            return res.resolve(name, rdtype, lifetime=lifetime,
+                               raise_on_no_answer=raise_on_no_answer, search=False)
+        finally:
+            self.spent += time.monotonic() - start
 
     def txt_lookup(self) -> Callable[..., bytes | None]:
         """dkimpy's ``dnsfunc`` within the budget: a timeout or Spent is dkim.DnsTimeoutError."""

@@ -3,7 +3,7 @@
 Every lookup goes through the instance's resolver (qpy.resolver: $QPY_NAMESERVERS,
 control/nameservers), SPF evaluation included: pyspf looks names up through its
 module-level ``DNSLookup`` hook (dnspython's default resolver, i.e. /etc/resolv.conf),
-which ``_spf_dns`` points at our resolver while one evaluation runs.
+which ``qpy.spfcheck.resolving`` points at our resolver while one evaluation runs.
 
 This host, as receivers see it: control/me; the HELO name (control/helohost, else me);
 the address mail leaves from (given, else the source address the kernel picks for a UDP
@@ -34,20 +34,18 @@ fail at once instead of waiting again.  ``exit_code``: 1 when any check fails, e
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import socket
-import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import dns.exception
 import dns.name
 import dns.resolver
 import dns.reversename
 
-from qpy import control, dkimkeys, mx, resolver
+from qpy import control, dkimkeys, mx, resolver, spfcheck
 from qpy.authrecords import dkim_public, dmarc_problem, pub_file, spf_records, spf_terms, \
     spf_with, sts_problem, tag_list, tlsrpt_problem, zone_txt
 from qpy.errors import QmailError
@@ -59,7 +57,6 @@ SPF_LIMIT = 10
 SPF_GIVE_UP = 50            # stop walking a tree this far over the limit
 SPF_QUERYING = ("include", "a", "mx", "ptr", "exists", "redirect=")
 PUBLIC = (("198.41.0.4", 53), ("2001:503:ba3e::2:30", 53))    # a.root-servers.net
-_SPF_HOOK = threading.Lock()
 
 
 class DNSTrouble(QmailError):
@@ -301,38 +298,9 @@ def spf_lookups(look: Lookup, domain: str, record: str) -> int:
     return count
 
 
-@contextlib.contextmanager
-def _spf_dns(look: Lookup) -> Iterator[Any]:
-    """pyspf with its DNS hook pointed at ``look`` (the hook is module state: one at a time)."""
-    import spf
-
-    def lookup(name: str, qtype: str, strict: Any = True, timeout: Any = None) -> list:
-        try:
-            rdatas = look.rdatas(str(name), qtype)
-        except DNSTrouble as e:
-            raise spf.TempError(e.text) from None
-        values: list[Any]
-        if qtype in ("A", "AAAA"):
-            values = [r.address for r in rdatas]
-        elif qtype == "MX":
-            values = [(r.preference, r.exchange) for r in rdatas]
-        elif qtype == "PTR":
-            values = [r.target.to_text(True) for r in rdatas]
-        else:
-            values = [r.strings for r in rdatas]
-        return [((name, qtype), v) for v in values]
-
-    with _SPF_HOOK:
-        saved, spf.DNSLookup = spf.DNSLookup, lookup
-        try:
-            yield spf
-        finally:
-            spf.DNSLookup = saved
-
-
 def spf_evaluate(look: Lookup, host: Host, domain: str) -> tuple[str, str]:
     """pyspf's result and explanation for postmaster@domain from the sending address."""
-    with _spf_dns(look) as spf:
+    with spfcheck.resolving(look.rdatas, (DNSTrouble,)) as spf:
         query = spf.query(i=host.ip, s=f"postmaster@{domain}", h=host.helo, querytime=0)
         result, _code, text = query.check()
     return result, text

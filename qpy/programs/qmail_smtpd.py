@@ -10,9 +10,11 @@ READS     control/smtpgreeting (else me; neither → 421), localiphost (else me)
           servercert.pem, rcptcheck, checkpassword, srs_domain, srs_secrets (qmaild's,
           read at the first SRS recipient), srs_maxage, and the limits of qpy.smtplimits
           (maxrcpt, maxerrors, maxjunk, timeoutsmtpdsession, mindatarate,
-          maxauthfail, authfaildelay).  Environment: TCPREMOTEIP, TCPREMOTEHOST,
+          maxauthfail, authfaildelay), and of qpy.clientcheck (helocheck,
+          senderdomaincheck, spfbehavior, spfexp, dnsbudget, timeoutdns; me and
+          locals for helocheck).  Environment: TCPREMOTEIP, TCPREMOTEHOST,
           TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP, RELAYCLIENT, DATABYTES, MAXRCPT,
-          QPYSTRESS, QMAILQUEUE, CHECKPASSWORD.
+          QPYSTRESS, QMAILQUEUE, CHECKPASSWORD, SPFBEHAVIOR.
 WRITES    replies on fd 1; each accepted message through qmail-queue (a warm child,
           or $QMAILQUEUE: warm if one of ours, else exec'd).  fd 2: one line when
           controls are unreadable, TLS fails, or on an internal error (never a traceback);
@@ -63,6 +65,9 @@ DIALOGUE  docs/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
             ``550 forged SRS address (#5.7.1)``, ``550 expired SRS address (#5.7.1)``,
             ``550 malformed SRS address (#5.1.1)``; a valid one is accepted without
             rcpthosts or rcptcheck (the queue writer turns it back).
+          - HELO, sender-domain and SPF checks of clients neither RELAYCLIENT nor
+            authenticated (qpy.clientcheck, qpy.spfcheck; replies in docs/smtpd.md):
+            refused at MAIL, SPF's 550 at RCPT; Received-SPF above the Received line.
           - AUTH PLAIN / AUTH LOGIN: the checkpassword program (env CHECKPASSWORD,
             else control/checkpassword: the program and its arguments, e.g.
             ``/usr/bin/checkpassword /bin/true``) reads ``user\\0password\\0\\0`` on
@@ -79,7 +84,8 @@ import stat
 import sys
 import time
 
-from qpy import auto, control, qmailq, received, sasl, scan, smtpio, spfcheck, srs, submit
+from qpy import auto, clientcheck, control, qmailq, received, sasl, scan, smtpio, spfcheck, srs, \
+    submit
 from qpy.errors import Exit, QmailError
 from qpy.rcpthosts import RcptHosts
 from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
@@ -124,6 +130,7 @@ class Config:
         self.localhost = var("TCPLOCALHOST") or self.localip or b"unknown"
         self.relayclient = var("RELAYCLIENT")
         self._own_ips: set[bytes] | None = None
+        self.checks = clientcheck.Checks(env, self.greeting, self.rcpthosts, self.own_ip)
 
     def rcpthost_ok(self, address: bytes) -> bool:
         """qmail's rcpthosts(): no @, no rcpthosts file, or the domain is listed."""
@@ -247,6 +254,7 @@ class Session:
         self.sender: bytes | None = None
         self.rcpts: list[bytes] = []
         self.spf: spfcheck.Verdict | None = None
+        self.dns = None              # the transaction's qpy.dnsbudget.Budget, made at MAIL
         self.barf = False
         self.utf8 = False
         self.authed: bytes | None = None
@@ -317,10 +325,16 @@ class Session:
         if self.cfg.databytes and size.isdigit() and int(size) > self.cfg.databytes:
             self.reply(b"552 sorry, that message size exceeds my databytes limit (#5.3.4)")
             return
+        self.dns = self.cfg.checks.budget()     # this transaction's DNS, DATA's checks too
+        # HELO, sender domain, SPF (qpy.clientcheck); self.spf: a qpy.spfcheck.Verdict or None
+        refusal, self.spf = self.cfg.checks.mail(address, self.helo, self.relay(), self.dns)
+        if refusal is not None:
+            self.sender = None
+            self.reply(refusal)
+            return
         self.barf = self.cfg.in_badmailfrom(address)
         self.sender = address
         self.rcpts = []
-        self.spf = None             # a qpy.spfcheck.Verdict once checked (issue 17)
         self.utf8 = b"SMTPUTF8" in params
         self.reply(b"250 ok", b"2.1.0")
 
@@ -337,6 +351,10 @@ class Session:
             return
         if self.barf:
             self.reply(b"553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)")
+            return
+        refusal = self.cfg.checks.rcpt(self.spf)      # SPF's 550, here as in the SPF patch
+        if refusal is not None:
+            self.reply(refusal)
             return
         address = parsed[0]
         relay = self.relay()
@@ -370,6 +388,8 @@ class Session:
         done = False
         try:
             self.reply(b"354 go ahead")
+            if self.spf is not None:    # Received-SPF above our Received line (RFC 7208 §9.1)
+                job.put(self.spf.received_spf(self.cfg.checks.receiver))
             job.put(received.smtp_line(self.cfg.remotehost, self.helo, self.cfg.remoteinfo,
                                        self.cfg.remoteip, self.cfg.localhost, self.protocol(),
                                        tls=self.conn.tls_description()))
