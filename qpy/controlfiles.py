@@ -243,23 +243,25 @@ FILES: tuple[ControlFile, ...] = (
                 show="Each message may spend {} seconds on DNS."),
     ControlFile("spfbehavior", "int", 0, SMTPD,
                 "SPF on MAIL FROM (HELO for <>): 0 off, 1 header only, 2 and 451 on DNS"
-                " trouble, 3 and 550 on fail, 4 also softfail, 5 also neutral, 6 anything but"
-                " pass; $SPFBEHAVIOR overrides",
+                " trouble (at MAIL), 3 and 550 on fail (at RCPT), 4 also softfail, 5 also"
+                " neutral, 6 anything but pass; $SPFBEHAVIOR overrides",
                 show="SPF behavior is {}."),
     ControlFile("spfexp", "line", None, SMTPD,
-                "the SPF explanation (macros as RFC 7208 §7) when the domain gives none",
-                show="SPF explanation: {}.", absent="SPF explanation: the built-in one."),
+                "the explanation in SPF's 550 (macros as RFC 7208 §7) unless the domain's exp="
+                " gives one; none: `%{i} is not one of %{d}'s designated mail servers`",
+                show="SPF explanation: {}.",
+                absent="SPF explanation: %{i} is not one of %{d}'s designated mail servers."),
     ControlFile("dmarcenforce", "int", 0, SMTPD,
                 "0 annotate only; 1 honour DMARC p=reject (550 5.7.1 after DATA) and"
                 " p=quarantine (a header for .qmail filters)",
                 show="DMARC policies are enforced (1 = yes): {}."),
     ControlFile("helocheck", "int", 0, SMTPD,
-                "1 refuse a HELO that is neither an FQDN nor an address literal; 2 refuse a HELO"
-                " naming this host from a non-local client; 3 both",
+                "at MAIL, 1 refuse a HELO that is neither an FQDN nor an address literal; 2 refuse"
+                " a HELO naming this host (me, locals, rcpthosts) from a non-local client; 3 both",
                 show="HELO checks: {} (1 syntax, 2 our name, 3 both)."),
     ControlFile("senderdomaincheck", "int", 0, SMTPD,
-                "1 refuse a MAIL FROM domain without MX, A or AAAA (550 on NXDOMAIN, 450 while"
-                " DNS fails)",
+                "1 refuse a MAIL FROM domain without MX, A or AAAA (550 on NXDOMAIN or no"
+                " record or a null MX, 450 while DNS fails)",
                 show="Sender domains must exist in DNS (1 = yes): {}."),
     ControlFile("tcp.smtp.cdb", "cdb", None, ("tcpserver",),
                 "the SMTP service's tcprules, built by tcprules; `tcpserver -x` in qpy install's"

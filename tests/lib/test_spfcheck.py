@@ -8,7 +8,7 @@ import pytest
 import spf
 
 from dnsserver import DNSServer
-from qpy import clientcheck, spfcheck
+from qpy import clientcheck, controlfiles, spfcheck
 from qpy.dnsbudget import Budget
 from qpy.spfcheck import Verdict
 
@@ -34,6 +34,11 @@ def test_refusal_by_level(result, first):
             code = {"fail": b"5.7.23", "permerror": b"5.7.24"}.get(result, b"5.7.1")
             assert reply == b"550 SPF %s for d.example: why (#%s)" % (result.encode(), code)
     assert spfcheck.refusal(None, 6) is None
+
+
+def test_the_built_in_explanation_is_the_documented_one():
+    spfexp = controlfiles.entry("spfexp")
+    assert spfcheck.DEFAULT_EXP in spfexp.absent and spfcheck.DEFAULT_EXP in spfexp.meaning
 
 
 def test_check_on_a_spent_budget_or_a_silent_server_is_temperror(home, monkeypatch):
