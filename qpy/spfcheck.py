@@ -23,6 +23,7 @@ at EXP_MAX characters, for it may come from anyone's DNS.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ _STATUS = {"fail": "5.7.23", "softfail": "5.7.1", "neutral": "5.7.1", "none": "5
            "permerror": "5.7.24"}
 _NOT_OURS = "\0qpy: the domain gave no explanation\0"
 _HOOK = threading.Lock()
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,11 @@ class Verdict:
         comment += f" {self.ip} as permitted sender"
         if self.result in ("temperror", "permerror", "none"):
             comment = f"{receiver}: {self.result} for {self.domain}"
-        fields = [f"client-ip={self.ip}", f"envelope-from=\"{self.sender}\"",
-                  f"helo={self.helo or 'unknown'}", f"receiver={receiver}",
-                  f"identity={self.identity}"]
+        fields = [("client-ip", self.ip), ("envelope-from", self.sender),
+                  ("helo", self.helo or "unknown"), ("receiver", receiver),
+                  ("identity", self.identity)]
         text = f"Received-SPF: {self.result} ({_clean(comment)})\n\t" + ";\n\t".join(
-            _clean(f) for f in fields) + "\n"
+            f"{key}={_value(value)}" for key, value in fields) + "\n"
         return text.encode("utf-8", "replace")
 
     def ar_clause(self) -> str:
@@ -78,6 +80,14 @@ class Verdict:
 def _clean(text: str) -> str:
     """Text safe inside a header: no control characters, no parentheses that could end a comment."""
     return "".join(c if c.isprintable() and c not in "()\\" else "?" for c in text)
+
+
+def _value(text: str) -> str:
+    """A key-value pair's value (RFC 7208 §9.1): a dot-atom as it is, else a quoted-string."""
+    clean = _clean(text)
+    if _DOT_ATOM.match(clean):
+        return clean
+    return '"' + clean.replace('"', '\\"') + '"'
 
 
 # -- checking ---------------------------------------------------------------------------------

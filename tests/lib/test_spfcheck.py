@@ -36,6 +36,16 @@ def test_refusal_by_level(result, first):
     assert spfcheck.refusal(None, 6) is None
 
 
+def test_received_spf_values_are_dot_atoms_or_quoted_strings():
+    v = Verdict("neutral", "mailfrom", "d.example", 'a"b c@d.example', "2001:db8::7",
+                "JUMPIN' JUPITER\r\nX-Injected: 1")
+    assert v.received_spf("mx.example") == (
+        b"Received-SPF: neutral (mx.example: domain of a\"b c@d.example neither permits nor"
+        b" denies 2001:db8::7 as permitted sender)\n"
+        b'\tclient-ip="2001:db8::7";\n\tenvelope-from="a\\"b c@d.example";\n'
+        b"\thelo=\"JUMPIN' JUPITER??X-Injected: 1\";\n\treceiver=mx.example;\n\tidentity=mailfrom\n")
+
+
 def test_the_built_in_explanation_is_the_documented_one():
     spfexp = controlfiles.entry("spfexp")
     assert spfcheck.DEFAULT_EXP in spfexp.absent and spfcheck.DEFAULT_EXP in spfexp.meaning
