@@ -214,8 +214,9 @@ FILES: tuple[ControlFile, ...] = (
                 "`domainkeys/<domain>/<selector>`: a DKIM private key (PEM, RSA or Ed25519),"
                 " readable only by the queue's owner; `<selector>.pub` its TXT record",
                 show="DKIM keys present.", absent="No DKIM keys."),
-    ControlFile("authservid", "line", None, QUEUE,
-                "the authserv-id of our Authentication-Results and ARC seals",
+    ControlFile("authservid", "line", None, QUEUE + SMTPD,
+                "the authserv-id of our Authentication-Results and ARC seals; incoming"
+                " Authentication-Results fields carrying it are removed",
                 me=True, show="Authentication-Results authserv-id is {}."),
     ControlFile("srs_domain", "line", None, QUEUE + SERVERS,
                 "the domain of SRS addresses (SRS0=…@it) given to forwarded mail's senders;"
@@ -253,7 +254,8 @@ FILES: tuple[ControlFile, ...] = (
                 absent="SPF explanation: %{i} is not one of %{d}'s designated mail servers."),
     ControlFile("dmarcenforce", "int", 0, SMTPD,
                 "0 annotate only; 1 honour DMARC p=reject (550 5.7.1 after DATA) and"
-                " p=quarantine (a header for .qmail filters)",
+                " p=quarantine (an `X-Qpy-Quarantine: dmarc <domain>` field for .qmail"
+                " filters), when SPF was checked (spfbehavior 1 or more)",
                 show="DMARC policies are enforced (1 = yes): {}."),
     ControlFile("helocheck", "int", 0, SMTPD,
                 "at MAIL, 1 refuse a HELO that is neither an FQDN nor an address literal; 2 refuse"

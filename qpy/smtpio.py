@@ -283,6 +283,17 @@ class DataResult:
         self.bare_cr = False    # a CR not followed by LF was seen
         self.overflow = False   # more than the byte limit
 
+    def refusal(self, maxhops: int) -> bytes | None:
+        """qmail-smtpd's reply for a message that must not be queued (its order: hops,
+        bare CR, size); None if it may be."""
+        if self.hops >= maxhops:
+            return b"554 too many hops, this message is looping (#5.4.6)"
+        if self.bare_cr:
+            return b"554 sorry, bare CR in message data is not allowed (#5.6.0)"
+        if self.overflow:
+            return b"552 sorry, that message size exceeds my databytes limit (#5.3.4)"
+        return None
+
 
 def read_data(conn: Connection, sink: Callable[[bytes], None], limit: int = 0,
               block_size: int = BLOCK, rate: int = 0) -> DataResult:

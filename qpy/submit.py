@@ -238,8 +238,12 @@ def seal(message: bytes) -> bytes:
         results.append(b"dkim=none")
     srv = authserv_id()
     ar = b"Authentication-Results: " + srv + b"; " + b";\r\n\t".join(results) + b"\r\n"
+    # arc_sign takes cv= from every AR field of ours it sees: qmail-smtpd's (qpy.inbound)
+    # stays in the message but not in this copy (no AR field is under the AMS or the AS)
+    from qpy import inbound
     try:
-        arc = dkim.arc_sign(ar + data, key.selector, key.domain, key.secret, srv,
+        arc = dkim.arc_sign(ar + inbound.strip_ours(data, srv), key.selector, key.domain,
+                            key.secret, srv,
                             include_headers=[n for n in SIGNED
                                              if n in {h.lower() for h, _ in checker.headers}])
     except dkim.DKIMException as e:

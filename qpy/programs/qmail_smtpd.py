@@ -12,7 +12,8 @@ READS     control/smtpgreeting (else me; neither → 421), localiphost (else me)
           (maxrcpt, maxerrors, maxjunk, timeoutsmtpdsession, mindatarate,
           maxauthfail, authfaildelay), and of qpy.clientcheck (helocheck,
           senderdomaincheck, spfbehavior, spfexp, dnsbudget, timeoutdns; me and
-          locals for helocheck).  Environment: TCPREMOTEIP, TCPREMOTEHOST,
+          locals for helocheck), and of qpy.inbound (authservid, dmarcenforce).
+          Environment: TCPREMOTEIP, TCPREMOTEHOST,
           TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP, RELAYCLIENT, DATABYTES, MAXRCPT,
           QPYSTRESS, QMAILQUEUE, CHECKPASSWORD, SPFBEHAVIOR.
 WRITES    replies on fd 1; each accepted message through qmail-queue (a warm child,
@@ -68,6 +69,11 @@ DIALOGUE  docs/smtpd.md, byte for byte for a HELO client.  Beyond qmail:
           - HELO, sender-domain and SPF checks of clients neither RELAYCLIENT nor
             authenticated (qpy.clientcheck, qpy.spfcheck; replies in docs/smtpd.md):
             refused at MAIL, SPF's 550 at RCPT; Received-SPF above the Received line.
+          - Their messages are held until the end of the data, then checked (qpy.inbound:
+            DKIM, DMARC, ARC) and queued below one Authentication-Results field; such
+            fields that arrive with our authserv-id are removed.  control/dmarcenforce
+            1: DMARC p=reject → ``550 … (#5.7.1)`` after the data, nothing queued;
+            p=quarantine → an X-Qpy-Quarantine field.  DNS trouble: temperror, never 5xx.
           - AUTH PLAIN / AUTH LOGIN: the checkpassword program (env CHECKPASSWORD,
             else control/checkpassword: the program and its arguments, e.g.
             ``/usr/bin/checkpassword /bin/true``) reads ``user\\0password\\0\\0`` on
@@ -84,8 +90,8 @@ import stat
 import sys
 import time
 
-from qpy import auto, clientcheck, control, qmailq, received, sasl, scan, smtpio, spfcheck, srs, \
-    submit
+from qpy import auto, clientcheck, control, inbound, qmailq, received, sasl, scan, smtpio, \
+    spfcheck, srs, submit
 from qpy.errors import Exit, QmailError
 from qpy.rcpthosts import RcptHosts
 from qpy.smtpio import Dropped, LineTooLong, StrayNewline, Timeout
@@ -379,29 +385,36 @@ class Session:
             self.reply(b"503 RCPT first (#5.5.1)")
             return
         sender, self.sender = self.sender, None
+        ours = self.relay() is not None     # RELAYCLIENT, AUTH: streamed, signed (qpy.submit)
         try:
-            # our users' mail (RELAYCLIENT, AUTH) is DKIM-signed by the writer (qpy.submit)
-            job = qmailq.start(submit.SIGN if self.relay() is not None else None)
+            job = qmailq.start(submit.SIGN if ours else None)
         except OSError:
             self.reply(b"451 qqt failure (#4.3.0)")
             return
-        done = False
+        done, held = False, []      # mail from outside is held, then checked (qpy.inbound)
         try:
             self.reply(b"354 go ahead")
-            if self.spf is not None:    # Received-SPF above our Received line (RFC 7208 §9.1)
-                job.put(self.spf.received_spf(self.cfg.checks.receiver))
-            job.put(received.smtp_line(self.cfg.remotehost, self.helo, self.cfg.remoteinfo,
+            # Received-SPF above our Received line (RFC 7208 §9.1)
+            head = b"" if self.spf is None else self.spf.received_spf(self.cfg.checks.receiver)
+            head += received.smtp_line(self.cfg.remotehost, self.helo, self.cfg.remoteinfo,
                                        self.cfg.remoteip, self.cfg.localhost, self.protocol(),
-                                       tls=self.conn.tls_description()))
+                                       tls=self.conn.tls_description())
+            if ours:
+                job.put(head)
             try:
-                seen = smtpio.read_data(self.conn, job.put, self.cfg.databytes,
-                                        rate=self.cfg.limits.datarate)
+                seen = smtpio.read_data(self.conn, job.put if ours else held.append,
+                                        self.cfg.databytes, rate=self.cfg.limits.datarate)
             except StrayNewline:
                 self.reply(SMTPLF, b"4.6.0")
                 raise Exit(1)
-            looping = seen.hops >= MAXHOPS
-            if looping or seen.bare_cr or seen.overflow:
+            refusal = seen.refusal(MAXHOPS)     # looping, bare CR, over databytes
+            if refusal is None and not ours:    # DKIM, DMARC, ARC: Authentication-Results
+                checked = inbound.check(b"".join(held), self.spf, self.dns)
+                refusal = checked.refusal       # DMARC p=reject under dmarcenforce 1
+            if refusal is not None:
                 job.fail()
+            elif not ours:
+                job.put(checked.fields + head + checked.message)
             qqx = job.close(sender, self.rcpts)
             done = True
         finally:
@@ -411,12 +424,8 @@ class Session:
         if not qqx:
             self.reply(b"250 ok %d qp %d" % (int(time.time()), job.pid))
             self.cfg.limits.delivered()
-        elif looping:
-            self.reply(b"554 too many hops, this message is looping (#5.4.6)")
-        elif seen.bare_cr:
-            self.reply(b"554 sorry, bare CR in message data is not allowed (#5.6.0)")
-        elif seen.overflow:
-            self.reply(b"552 sorry, that message size exceeds my databytes limit (#5.3.4)")
+        elif refusal is not None:
+            self.reply(refusal)
         else:
             self.reply((b"554 " if qqx[:1] == "D" else b"451 ") + qqx[1:].encode())
 

@@ -517,13 +517,17 @@ def main(argv: list[str] | None = None) -> int:
     if opts.remote_host or opts.local_host is None:
         from qpy import resolver  # noqa: F401  (import dnspython once, in the parent)
         import dns.reversename  # noqa: F401
-    if chain.preload(prog):
+    ours = chain.preload(prog)
+    if ours:
         try:
             warm.preload("qmail-queue")   # our servers queue through a warm qmail-queue child
             from qpy import queuewrite    # ... or write the queue in-process (qpy.qmailq)
             queuewrite.prepare()
             from qpy import submit        # ... which signs relay clients' mail
             submit.preload()
+            if "qmail-smtpd" in ours:     # ... and checks mail from outside (DKIM, DMARC)
+                from qpy import inbound
+                inbound.preload()
         except ImportError:
             pass
     server = Server(sock, opts, prog, log)

@@ -74,7 +74,9 @@ def test_smtplib_through_debian_tcpserver(home):
                 553, b"5.7.1 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
     assert "Traceback" not in srv.log
     stored = only_message(home)
-    assert re.fullmatch(rb"Received: from unknown \(HELO client\.example\) \(127\.0\.0\.1\)\n"
+    assert re.fullmatch(rb"Authentication-Results: test\.example;\n\tdkim=none;\n"
+                        rb"\tdmarc=none \(no From: domain\);\n\tarc=none\n"
+                        rb"Received: from unknown \(HELO client\.example\) \(127\.0\.0\.1\)\n"
                         rb"  by mx\.test\.example with SMTP; [^\n]+ -0000\n", stored[:-len(STORED)])
     assert stored.endswith(STORED)
     assert envelopes(home) == [b"Fs@x.example\0Ta@test.example\0Tb@test.example\0"]

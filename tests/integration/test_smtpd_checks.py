@@ -121,6 +121,9 @@ def test_received_spf_sits_above_our_received_line(inst, dns):
     control(inst, "spfbehavior", "1\n")
     replies = smtp(inst, dns, txn("a@pass.example", "EHLO client.pass.example"))
     lines = message(inst, replies[4]).split(b"\n")
+    assert lines[1] == b"Authentication-Results: test.example;"     # qpy.inbound's, on top
+    assert lines[2] == b"\tspf=pass smtp.mailfrom=pass.example;"
+    lines = lines[lines.index(b"\tarc=none"):]
     assert lines[1] == (b"Received-SPF: pass (test.example: domain of a@pass.example designates"
                         b" 192.0.2.7 as permitted sender)")
     assert lines[2:7] == [b"\tclient-ip=192.0.2.7;", b'\tenvelope-from="a@pass.example";',
