@@ -229,6 +229,39 @@ def test_quarantine_and_subdomain_policies(inst, dns, keys):
     assert ar[3] == b"\tdmarc=pass (p=none sp=reject dis=none) header.from=news.sub.example;"
 
 
+JUNK = """|condredirect alice-junk@test.example sh -c 'sed "/^$/q" | grep -q "^X-Qpy-Quarantine:"'
+./Maildir/
+"""
+
+
+def test_a_dot_qmail_moves_quarantined_mail_aside(inst, dns, keys, tmp_path):
+    """docs/smtpd.md's .qmail lines, through qmail-local: the quarantined message is forwarded
+    to alice-junk, the one that passed DMARC lands in the Maildir."""
+    control(inst, "spfbehavior", "1\n")
+    control(inst, "dmarcenforce", "1\n")
+    bad = accepted(inst, smtp(inst, dns, message("a@quarantine.example", "junk"),
+                              sender="a@quarantine.example"))
+    signed = dkim_sign(message("alice@example.org", "fine"), keys.pem("a"), "example.org", "s1")
+    good = accepted(inst, smtp(inst, dns, signed))
+    user = tmp_path / "alice"
+    for sub in ("tmp", "new", "cur"):
+        (user / "Maildir" / sub).mkdir(parents=True)
+    (user / ".qmail").write_text(JUNK)
+    env = dict(os.environ, QMAILHOME=str(inst), PATH=f"{inst / 'bin'}:{os.environ['PATH']}")
+    for mess in (bad, good):
+        (tmp_path / "mess").write_bytes(mess)
+        with open(tmp_path / "mess", "rb") as f:
+            r = subprocess.run([str(inst / "bin" / "qmail-local"), "--", "alice", str(user),
+                                "alice", "", "", "test.example", "a@quarantine.example",
+                                "./Maildir/"], stdin=f, capture_output=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+    forwards = [(m, e) for m, e in queued(inst).values() if m not in (bad, good)]
+    assert len(forwards) == 1 and forwards[0][1].endswith(b"\0Talice-junk@test.example\0")
+    assert b"\nX-Qpy-Quarantine: dmarc quarantine.example\n" in forwards[0][0]
+    (delivered,) = mailbox.Maildir(str(user / "Maildir"), factory=None, create=False)
+    assert delivered["Subject"] == "fine" and "X-Qpy-Quarantine" not in delivered
+
+
 def test_arc_chains_intact_and_broken(inst, dns, keys):
     relayed = (b"Authentication-Results: relay.example; dkim=none; spf=pass"
                b" smtp.mailfrom=example.org\r\n" + message())
