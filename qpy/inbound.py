@@ -134,12 +134,13 @@ def check(message: bytes, spf: spfcheck.Verdict | None = None, budget: Budget | 
     fields = submit.header_fields(message)
     names = {name for name, _ in fields}
     lookup = TxtLookup(budget)
-    wire = submit.wire(message) if names & {b"dkim-signature", b"arc-seal"} else b""
+    arcs = bool(names & {b"arc-seal", b"arc-message-signature", b"arc-authentication-results"})
+    wire = submit.wire(message) if arcs or b"dkim-signature" in names else b""
     sigs = verify_dkim(wire, lookup) if b"dkim-signature" in names else []
     dmarcs = [evaluate_dmarc(d, sigs, spf, lookup, enforce) for d in author_domains(fields)]
     if not dmarcs:
         dmarcs = [Dmarc("none", b"", reason="no From: domain")]
-    arc, why = verify_arc(wire, lookup) if b"arc-seal" in names else ("none", "")
+    arc, why = verify_arc(wire, lookup) if arcs else ("none", "")
     clauses = [] if spf is None else [spf.ar_clause().encode("utf-8", "replace")]
     clauses += [s.clause() for s in sigs] or [b"dkim=none"]
     clauses += [d.clause() for d in dmarcs]
@@ -388,18 +389,25 @@ def author_domains(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
     MAX_FROM_DOMAINS: two From: fields or addresses are evaluated each)."""
     from email.utils import getaddresses
     values = [v.decode("utf-8", "replace") for n, v in fields if n == b"from"]
+    texts = [address.rpartition("@")[2] for _, address in getaddresses(values) if "@" in address]
+    if not any(_hostname(t) for t in texts):     # a From: its parser gives up on: any @domain
+        texts = re.findall(r"@([^\s@]+)", " ".join(values))
     found: list[bytes] = []
-    for _, address in getaddresses(values):
-        if "@" not in address:
-            continue
-        domain = address.rpartition("@")[2].strip().rstrip(".").lower()
-        try:
-            encoded = domain.encode("idna")
-        except UnicodeError:
-            continue
-        if encoded and encoded not in found:
-            found.append(encoded)
+    for text in texts:
+        domain = _hostname(text)
+        if domain and domain not in found:
+            found.append(domain)
     return found[:MAX_FROM_DOMAINS]
+
+
+def _hostname(text: str) -> bytes:
+    """The host name ``text`` starts with (letters, digits, ``-``, ``.``), lower case, IDNA;
+    b"" if there is none (``paypal.com>`` is paypal.com: what a reader would see)."""
+    m = re.match(r"[^\W_](?:[\w.-]*[^\W_])?", text.strip())
+    try:
+        return m[0].lower().encode("idna") if m else b""
+    except UnicodeError:
+        return b""
 
 
 def org_domain(domain: bytes) -> bytes:
@@ -441,7 +449,8 @@ def parse_record(text: bytes) -> dict[bytes, bytes] | None:
     return tags
 
 
-def find_policy(domain: bytes, records: Callable[[str], list[bytes]]) -> tuple[dict[bytes, bytes], bool] | None:
+def find_policy(domain: bytes, records: Callable[[str], list[bytes]]
+                ) -> tuple[dict[bytes, bytes], bool] | None:
     """(the DMARC record's tags, found at the organizational domain) for ``domain``, or None;
     ValueError for records that cannot be used; _Trouble for DNS trouble."""
     for at_org in (False, True):

@@ -281,6 +281,19 @@ def test_organizational_domains_and_alignment():
     assert not inbound.aligned(b"example.co.uk", b"other.co.uk", strict=False)
 
 
+@pytest.mark.parametrize("value, domains", [
+    ("Alice <a@Example.ORG.>", [b"example.org"]),
+    ("x@evil.example <x@bank.example>", [b"evil.example", b"bank.example"]),
+    ('"x\\" <a@bank.example>', [b"bank.example"]),         # the parser keeps a '>' on it
+    ("<a@bank.example>>", [b"bank.example"]),
+    ("a@b\u00fccher.example", [b"xn--bcher-kva.example"]),
+    ("undisclosed recipients", []),
+    ("a@[192.0.2.1]", []),
+])
+def test_from_domains_are_read_as_a_reader_would(value, domains):
+    assert inbound.author_domains([(b"from", value.encode())]) == domains
+
+
 def test_record_parsing():
     assert inbound.parse_record(b"v=DMARC1; p=Reject ;sp=none; pct=50;") == {
         b"v": b"DMARC1", b"p": b"Reject", b"sp": b"none", b"pct": b"50"}
