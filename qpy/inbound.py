@@ -314,7 +314,7 @@ def _verify_one(checker, idx: int, tags: dict[bytes, bytes], lookup: TxtLookup) 
     """(result, reason) of the idx-th signature."""
     import dkim
     if tags.get(b"a", b"").lower() == b"rsa-sha1":
-        return "policy", "rsa-sha1 is not acceptable (RFC 8301)"
+        return "policy", "rsa-sha1 is not acceptable, RFC 8301"
     try:
         if checker.verify(idx=idx, dnsfunc=lookup):
             return "pass", ""

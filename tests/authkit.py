@@ -6,7 +6,7 @@ RSA keys are made by openssl; DKIM signatures by Debian's Mail::DKIM::Signer and
 Mail::DKIM::ARC::Signer (libmail-dkim-perl), driven by small perl scripts.  Ed25519: no
 Debian signer does it (Mail::DKIM 1.20230212 signs RSA only; opendkim-testmsg -k with an
 Ed25519 key fails with ``dkim_eom(): Resource unavailable``, and with an RSA key it signs
-rsa-sha1 whatever the key record says), so ``ed25519_sign`` uses dkimpy, the library qpy
+rsa-sha1 only, printing the last piece of b= twice), so ``ed25519_sign`` uses dkimpy, the library qpy
 verifies with; tests/integration/test_inbound_auth.py has OpenDKIM verify those signatures
 to show they are right.
 """

@@ -4,7 +4,8 @@ Authentication-Results field, dmarcenforce's 550 and quarantine field, forged ve
 
 Messages are signed by signers that are not ours (tests/authkit.py): Mail::DKIM::Signer for
 RSA, Mail::DKIM::ARC::Signer for ARC sets; Ed25519 by dkimpy (no Debian tool signs it), with
-OpenDKIM's opendkim-testmsg confirming those signatures.  Keys and policies are served by the
+OpenDKIM's opendkim-testmsg confirming those signatures (as a signer it makes rsa-sha1 only,
+which RFC 8301 rules out: tested as such).  Keys and policies are served by the
 loopback DNS server ($QPY_NAMESERVERS); sessions run bin/qmail-smtpd on pipes with a tcpserver
 environment from outside (192.0.2.7, no RELAYCLIENT).  The forged-verdict test runs a whole
 ``qpy run`` and reads the Maildir with ``mailbox``.
@@ -181,6 +182,24 @@ def test_ed25519_signed_by_dkimpy_passes_opendkim_and_us(inst, dns, ed, tmp_path
     zone = make_zone(Keys(tmp_path), ed)
     assert opendkim_verify(signed, zone, tmp_path).returncode == 0
     assert opendkim_verify(bad, zone, tmp_path).returncode != 0
+
+
+def test_opendkim_testmsg_signs_rsa_sha1_which_is_not_acceptable(inst, dns, keys):
+    """OpenDKIM's signer (Debian 12: opendkim-testmsg 2.11.0~beta2) signs rsa-sha1 whatever
+    the key, and prints the last piece of b= twice; RFC 8301 makes rsa-sha1 unacceptable."""
+    from conftest import need_program
+    lf = message().replace(b"\r\n", b"\n")
+    r = subprocess.run([need_program("opendkim-testmsg"), "-d", "example.org", "-s", "s1",
+                        "-k", str(keys.pem("a"))], input=lf, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    algorithm = re.search(rb"a=([\w-]+);", r.stdout)[1]
+    ar = auth_results(accepted(inst, smtp(inst, dns, r.stdout.replace(b"\n", b"\r\n"))))
+    if algorithm == b"rsa-sha1":
+        assert ar[1].startswith(b"\tdkim=policy (rsa-sha1 is not acceptable, RFC 8301)"
+                                b" header.d=example.org header.s=s1 header.a=rsa-sha1")
+        assert ar[2].startswith(b"\tdmarc=fail (p=reject dis=none)")
+    else:                       # a fixed OpenDKIM
+        assert ar[1].startswith(b"\tdkim=pass header.d=example.org")
 
 
 @pytest.mark.parametrize("enforce", [0, 1])
